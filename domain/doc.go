@@ -1,0 +1,5 @@
+// Package domain decides what happens to identities: aggregates (User, EmailClaim) validate
+// commands and emit events, and Service runs each command against the event store with
+// optimistic concurrency. It knows nothing of HTTP, NATS or SQL; its ports (EventStore) are
+// declared here, where they are used, and implemented by adapters elsewhere.
+package domain

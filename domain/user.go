@@ -1,0 +1,256 @@
+package domain
+
+import (
+	"encoding/base32"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/events"
+)
+
+// Errors returned by User's commands.
+var (
+	// ErrUserNotFound: no such user, or the user was deleted.
+	ErrUserNotFound = errors.New("user not found")
+	// ErrTokenNotFound: the user has no API token with that id.
+	ErrTokenNotFound = errors.New("api token not found")
+	// ErrSessionNotFound: the user has no live session with that id.
+	ErrSessionNotFound = errors.New("session not found")
+)
+
+// User is the aggregate of one account: profile, password, API tokens and sessions. Its state
+// changes only by applying events (see apply); commands validate, then raise events.
+type User struct {
+	id        uuid.UUID
+	email     string
+	name      string
+	slug      string
+	pwHash    string
+	createdAt time.Time
+	exists    bool
+	deleted   bool
+	tokens    map[uuid.UUID]*apiToken
+	sessions  map[uuid.UUID]*session
+	version   uint64 // stream sequence of the last applied event; 0 for a new aggregate
+	changes   []events.Event
+}
+
+type apiToken struct {
+	description string
+	digest      string
+	createdAt   time.Time
+	expiresAt   *time.Time
+	revoked     bool
+}
+
+type session struct {
+	digest    string
+	startedAt time.Time
+	expiresAt time.Time
+	ended     bool
+}
+
+// UserView is the public state of a user.
+type UserView struct {
+	ID              uuid.UUID
+	Email           string
+	Name            string
+	PersonalOrgSlug string
+}
+
+// TokenView is the public state of an API token.
+type TokenView struct {
+	ID          uuid.UUID
+	Description string
+	CreatedAt   time.Time
+	ExpiresAt   *time.Time
+}
+
+// SessionView is the public state of a session.
+type SessionView struct {
+	ID        uuid.UUID
+	CreatedAt time.Time
+	ExpiresAt time.Time
+}
+
+// registration is what a new account starts with. The password arrives already hashed.
+type registration struct {
+	id           uuid.UUID
+	email        string
+	name         string
+	passwordHash string
+	at           time.Time
+}
+
+// newUser registers an account, normalizing and checking email and name.
+func newUser(r registration) (*User, error) {
+	email, err := NormalizeEmail(r.email)
+	if err != nil {
+		return nil, err
+	}
+	name, err := normalizeName(r.name)
+	if err != nil {
+		return nil, err
+	}
+	if r.id == uuid.Nil || r.passwordHash == "" {
+		return nil, errors.New("registration needs an id and a password hash")
+	}
+	u := emptyUser(r.id)
+	u.raise(events.UserRegistered{
+		Versioned: events.V(), UserID: r.id, Email: email, Name: name,
+		PersonalOrgSlug: personalOrgSlug(name, r.id), RegisteredAt: r.at.UTC(),
+	})
+	u.raise(events.PasswordSet{Versioned: events.V(), UserID: r.id, PasswordHash: r.passwordHash})
+	return u, nil
+}
+
+// personalOrgSlug is a readable, unique slug: the name's slug plus 60 bits of the user id.
+func personalOrgSlug(name string, id uuid.UUID) string {
+	suffix := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(id[:8]))
+	return slugify(name) + "-" + suffix[:12]
+}
+
+func emptyUser(id uuid.UUID) *User {
+	return &User{id: id, tokens: map[uuid.UUID]*apiToken{}, sessions: map[uuid.UUID]*session{}}
+}
+
+// loadUser folds a user's history.
+func loadUser(id uuid.UUID, history []events.Envelope) *User {
+	u := emptyUser(id)
+	for _, e := range history {
+		u.apply(e.Data)
+		u.version = e.Sequence
+	}
+	return u
+}
+
+// active reports whether the account exists and was not deleted.
+func (u *User) active() bool { return u.exists && !u.deleted }
+
+// View returns the public state.
+func (u *User) View() UserView {
+	return UserView{ID: u.id, Email: u.email, Name: u.name, PersonalOrgSlug: u.slug}
+}
+
+func (u *User) tokenView(id uuid.UUID) TokenView {
+	t := u.tokens[id]
+	return TokenView{ID: id, Description: t.description, CreatedAt: t.createdAt, ExpiresAt: t.expiresAt}
+}
+
+func (u *User) sessionView(id uuid.UUID) SessionView {
+	s := u.sessions[id]
+	return SessionView{ID: id, CreatedAt: s.startedAt, ExpiresAt: s.expiresAt}
+}
+
+// rename sets a new display name; the same name changes nothing and emits nothing.
+func (u *User) rename(name string) error {
+	n, err := normalizeName(name)
+	if err != nil {
+		return err
+	}
+	if n == u.name {
+		return nil
+	}
+	u.raise(events.UserRenamed{Versioned: events.V(), UserID: u.id, OldName: u.name, Name: n})
+	return nil
+}
+
+// setPassword replaces the password hash.
+func (u *User) setPassword(hash string) {
+	u.raise(events.PasswordSet{Versioned: events.V(), UserID: u.id, PasswordHash: hash})
+}
+
+// createToken adds an API token whose secret has the given digest.
+func (u *User) createToken(id uuid.UUID, description, digest string, at time.Time, expiresAt *time.Time) error {
+	if err := checkDescription(description); err != nil {
+		return err
+	}
+	if err := checkExpiry(expiresAt, at); err != nil {
+		return err
+	}
+	var exp *time.Time
+	if expiresAt != nil {
+		e := expiresAt.UTC()
+		exp = &e
+	}
+	u.raise(events.TokenCreated{
+		Versioned: events.V(), UserID: u.id, TokenID: id, Description: description,
+		Digest: digest, CreatedAt: at.UTC(), ExpiresAt: exp,
+	})
+	return nil
+}
+
+// revokeToken stops a token; revoking a revoked token changes nothing.
+func (u *User) revokeToken(id uuid.UUID) error {
+	t, ok := u.tokens[id]
+	if !ok {
+		return ErrTokenNotFound
+	}
+	if t.revoked {
+		return nil
+	}
+	u.raise(events.TokenRevoked{Versioned: events.V(), UserID: u.id, TokenID: id})
+	return nil
+}
+
+// startSession opens a session whose token has the given digest.
+func (u *User) startSession(id uuid.UUID, digest string, at time.Time, ttl time.Duration) {
+	u.raise(events.SessionStarted{
+		Versioned: events.V(), UserID: u.id, SessionID: id, Digest: digest,
+		StartedAt: at.UTC(), ExpiresAt: at.Add(ttl).UTC(),
+	})
+}
+
+// endSession logs a session out; ending an ended session changes nothing.
+func (u *User) endSession(id uuid.UUID) error {
+	s, ok := u.sessions[id]
+	if !ok {
+		return ErrSessionNotFound
+	}
+	if s.ended {
+		return nil
+	}
+	u.raise(events.SessionEnded{Versioned: events.V(), UserID: u.id, SessionID: id})
+	return nil
+}
+
+// remove deletes the account.
+func (u *User) remove() {
+	u.raise(events.UserDeleted{Versioned: events.V(), UserID: u.id})
+}
+
+func (u *User) raise(e events.Event) {
+	u.apply(e)
+	u.changes = append(u.changes, e)
+}
+
+// apply is the only place where a User's state changes.
+func (u *User) apply(e events.Event) {
+	switch e := e.(type) {
+	case events.UserRegistered:
+		u.exists, u.email, u.name, u.slug, u.createdAt = true, e.Email, e.Name, e.PersonalOrgSlug, e.RegisteredAt
+	case events.UserRenamed:
+		u.name = e.Name
+	case events.PasswordSet:
+		u.pwHash = e.PasswordHash
+	case events.TokenCreated:
+		u.tokens[e.TokenID] = &apiToken{description: e.Description, digest: e.Digest, createdAt: e.CreatedAt, expiresAt: e.ExpiresAt}
+	case events.TokenRevoked:
+		if t, ok := u.tokens[e.TokenID]; ok {
+			t.revoked = true
+		}
+	case events.SessionStarted:
+		u.sessions[e.SessionID] = &session{digest: e.Digest, startedAt: e.StartedAt, expiresAt: e.ExpiresAt}
+	case events.SessionEnded:
+		if s, ok := u.sessions[e.SessionID]; ok {
+			s.ended = true
+		}
+	case events.UserDeleted:
+		u.deleted = true
+		u.tokens = map[uuid.UUID]*apiToken{}
+		u.sessions = map[uuid.UUID]*session{}
+	}
+}

@@ -1,0 +1,359 @@
+// Package eventstore keeps identityd's events in a NATS JetStream stream: it creates the
+// stream, appends with per-aggregate optimistic concurrency (expected last subject sequence
+// over the aggregate's wildcard subject), appends several events atomically (atomic batch
+// publish), deduplicates retries (Nats-Msg-Id), and loads one aggregate's history with batched
+// direct gets.
+package eventstore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
+)
+
+// MinServerVersion is the oldest NATS server identityd runs on: 2.12 brought atomic batch
+// publish, which sign-up and account deletion rely on.
+const MinServerVersion = "2.12.0"
+
+// Config configures a Store. Zero values take defaults.
+type Config struct {
+	// Conn is the NATS connection to use (required).
+	Conn *nats.Conn
+	// Stream is the stream name (default events.StreamName).
+	Stream string
+	// Replicas is the stream's replication factor (default 1).
+	Replicas int
+	// Duplicates is the Nats-Msg-Id deduplication window (default 2 minutes).
+	Duplicates time.Duration
+	// Timeout bounds one append or load (default 5s).
+	Timeout time.Duration
+}
+
+func (c *Config) fill() {
+	if c.Stream == "" {
+		c.Stream = events.StreamName
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.Duplicates <= 0 {
+		c.Duplicates = 2 * time.Minute
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 5 * time.Second
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	if c.Conn == nil {
+		return errors.New("eventstore: Conn is required")
+	}
+	if c.Replicas > 5 {
+		return errors.New("eventstore: Replicas must be at most 5")
+	}
+	return nil
+}
+
+// Store is the JetStream event store. It implements domain.EventStore.
+type Store struct {
+	cfg Config
+	nc  *nats.Conn
+	js  jetstream.JetStream
+}
+
+// Open checks the server version and creates or updates the stream.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := CheckServerVersion(cfg.Conn); err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js}
+	if _, err := js.CreateOrUpdateStream(ctx, s.StreamConfig()); err != nil {
+		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
+	}
+	return s, nil
+}
+
+// StreamConfig is the stream's configuration: file storage, kept forever, deletes and purges
+// denied (the log is append-only), direct gets for loading aggregates, atomic batches.
+func (s *Store) StreamConfig() jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               s.cfg.Stream,
+		Description:        "identityd events: the source of truth for every identity",
+		Subjects:           []string{events.SubjectRoot + ".>"},
+		Storage:            jetstream.FileStorage,
+		Retention:          jetstream.LimitsPolicy,
+		Replicas:           s.cfg.Replicas,
+		Duplicates:         s.cfg.Duplicates,
+		DenyDelete:         true,
+		DenyPurge:          true,
+		AllowDirect:        true,
+		AllowAtomicPublish: true,
+		Discard:            jetstream.DiscardNew,
+	}
+}
+
+// JetStream is the JetStream context the store uses, for consumers of the same stream.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// StreamName is the stream's name.
+func (s *Store) StreamName() string { return s.cfg.Stream }
+
+// CheckServerVersion refuses a server older than MinServerVersion with a clear message.
+func CheckServerVersion(nc *nats.Conn) error {
+	v := nc.ConnectedServerVersion()
+	if !versionAtLeast(v, MinServerVersion) {
+		return fmt.Errorf("NATS server %s at %s is too old: identityd needs nats-server %s or newer "+
+			"(atomic batch publish, expected-last-subject-sequence on wildcard subjects); "+
+			"upgrade the server or leave IDENTITYD_NATS_URL unset to use the embedded one",
+			v, nc.ConnectedUrlRedacted(), MinServerVersion)
+	}
+	if !nc.HeadersSupported() {
+		return errors.New("NATS server does not support headers")
+	}
+	return nil
+}
+
+func versionAtLeast(have, want string) bool {
+	parse := func(v string) [3]int {
+		var out [3]int
+		v = strings.TrimPrefix(v, "v")
+		if i := strings.IndexAny(v, "-+"); i >= 0 {
+			v = v[:i]
+		}
+		for i, p := range strings.SplitN(v, ".", 3) {
+			out[i], _ = strconv.Atoi(p)
+		}
+		return out
+	}
+	h, w := parse(have), parse(want)
+	for i := range h {
+		if h[i] != w[i] {
+			return h[i] > w[i]
+		}
+	}
+	return true
+}
+
+// Append implements domain.EventStore. One change is a plain publish; several are one atomic
+// batch. Each expectation is checked on the first message of its aggregate.
+func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domain.Expectation, changes []domain.Change) (uint64, error) {
+	if len(changes) == 0 {
+		return 0, errors.New("eventstore: nothing to append")
+	}
+	if s.nc.Status() != nats.CONNECTED {
+		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+	}
+	msgs := make([]*nats.Msg, len(changes))
+	seen := map[events.Aggregate]bool{}
+	for i, c := range changes {
+		m, err := events.Encode(c.ID.String(), c.At, meta, c.Event)
+		if err != nil {
+			return 0, err
+		}
+		m.Header.Set(jetstream.MsgIDHeader, c.ID.String())
+		agg := c.Event.Aggregate()
+		if !seen[agg] {
+			seen[agg] = true
+			for _, e := range expect {
+				if e.Aggregate == agg {
+					m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.Version, 10))
+					m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, agg.Filter())
+				}
+			}
+		}
+		msgs[i] = m
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	if len(msgs) == 1 {
+		ack, err := s.js.PublishMsg(ctx, msgs[0])
+		if err != nil {
+			return 0, classify(err)
+		}
+		return ack.Sequence, nil
+	}
+	return s.publishBatch(ctx, msgs)
+}
+
+// pubAck is the server's answer to a batch commit.
+type pubAck struct {
+	Stream    string `json:"stream"`
+	Sequence  uint64 `json:"seq"`
+	BatchID   string `json:"batch"`
+	BatchSize int    `json:"count"`
+	Error     *struct {
+		Code        int    `json:"code"`
+		ErrCode     int    `json:"err_code"`
+		Description string `json:"description"`
+	} `json:"error"`
+}
+
+// publishBatch sends an atomic batch: every message carries the batch id and its position, the
+// last one commits. The server stores all or none.
+func (s *Store) publishBatch(ctx context.Context, msgs []*nats.Msg) (uint64, error) {
+	batchID := msgs[0].Header.Get(jetstream.MsgIDHeader)
+	for i, m := range msgs {
+		m.Header.Set("Nats-Batch-Id", batchID)
+		m.Header.Set("Nats-Batch-Sequence", strconv.Itoa(i+1))
+		last := i == len(msgs)-1
+		if last {
+			m.Header.Set("Nats-Batch-Commit", "1")
+		}
+		reply, err := s.nc.RequestMsgWithContext(ctx, m)
+		if err != nil {
+			return 0, classify(err)
+		}
+		if !last && len(reply.Data) == 0 {
+			continue // flow-control ack of a message inside the batch
+		}
+		var ack pubAck
+		if err := json.Unmarshal(reply.Data, &ack); err != nil {
+			return 0, fmt.Errorf("eventstore: batch reply: %w", err)
+		}
+		if ack.Error != nil {
+			return 0, apiError(ack.Error.ErrCode, ack.Error.Description)
+		}
+		if !last {
+			return 0, errors.New("eventstore: batch acknowledged before commit")
+		}
+		return ack.Sequence, nil
+	}
+	return 0, errors.New("eventstore: empty batch")
+}
+
+// JetStream API error codes that mean "the aggregate moved on".
+const (
+	errWrongLastSequence          = 10071
+	errWrongLastSequenceConstant  = 10164
+	errBatchContainsDuplicateMsg  = 10201
+	errStreamDuplicateMsgConflict = 10158
+)
+
+func apiError(code int, desc string) error {
+	switch code {
+	case errWrongLastSequence, errWrongLastSequenceConstant, errBatchContainsDuplicateMsg, errStreamDuplicateMsgConflict:
+		return fmt.Errorf("%w: %s", domain.ErrVersionConflict, desc)
+	}
+	return fmt.Errorf("eventstore: jetstream error %d: %s", code, desc)
+}
+
+func classify(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		return apiError(int(apiErr.ErrorCode), apiErr.Description)
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) {
+		return fmt.Errorf("%w: %v", domain.ErrUnavailable, err)
+	}
+	return err
+}
+
+// directGetRequest is a batched direct get of the messages matching a subject filter.
+type directGetRequest struct {
+	Seq     uint64 `json:"seq"`
+	NextFor string `json:"next_by_subj"`
+	Batch   int    `json:"batch"`
+}
+
+const loadBatch = 256
+
+// Load implements domain.EventStore with batched direct gets (no consumer is created).
+func (s *Store) Load(ctx context.Context, agg events.Aggregate) ([]events.Envelope, error) {
+	return s.Read(ctx, agg.Filter(), 1, 0)
+}
+
+// Read returns the events matching a subject filter from stream sequence `from` on, at most
+// `limit` of them (0: all).
+func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int) ([]events.Envelope, error) {
+	if s.nc.Status() != nats.CONNECTED {
+		return nil, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	inbox := s.nc.NewRespInbox()
+	sub, err := s.nc.SubscribeSync(inbox)
+	if err != nil {
+		return nil, classify(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	var out []events.Envelope
+	seq := from
+	for {
+		batch := loadBatch
+		if limit > 0 && limit-len(out) < batch {
+			batch = limit - len(out)
+		}
+		req, _ := json.Marshal(directGetRequest{Seq: seq, NextFor: filter, Batch: batch})
+		if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+s.cfg.Stream, inbox, req); err != nil {
+			return nil, classify(err)
+		}
+		more := false
+	recv:
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return nil, classify(err)
+			}
+			switch m.Header.Get("Status") {
+			case "":
+			case "404":
+				return out, nil
+			case "204": // end of batch
+				pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
+				more = pending > 0 && (limit == 0 || len(out) < limit)
+				break recv
+			default:
+				return nil, fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
+			}
+			n, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("eventstore: direct get without sequence: %w", err)
+			}
+			env, err := events.Decode(m.Header.Get(jetstream.SubjectHeader), m.Header, m.Data, n)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, env)
+			seq = n + 1
+		}
+		if !more {
+			return out, nil
+		}
+	}
+}
+
+// LastSequence is the stream's last sequence: where a reader that wants everything stored so
+// far must get to.
+func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
+	st, err := s.js.Stream(ctx, s.cfg.Stream)
+	if err != nil {
+		return 0, classify(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return 0, classify(err)
+	}
+	return info.State.LastSeq, nil
+}

@@ -1,0 +1,145 @@
+package eventstore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+
+	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstore"
+)
+
+func openStore(t *testing.T) *eventstore.Store {
+	t.Helper()
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func change(e events.Event) domain.Change {
+	return domain.Change{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: e}
+}
+
+func TestAppendAndLoad(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	id := uuid.New()
+	agg := events.UserAggregate(id)
+
+	got, err := st.Load(ctx, agg)
+	if err != nil || len(got) != 0 {
+		t.Fatalf("empty aggregate: %v %v", got, err)
+	}
+	seq1, err := st.Append(ctx, events.Metadata{Actor: "system", RequestID: "r1"},
+		[]domain.Expectation{{Aggregate: agg, Version: 0}},
+		[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: "a@b.co", Name: "A"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A stale expectation is a conflict, never a silent overwrite.
+	_, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: 0}},
+		[]domain.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "B"})})
+	if !errors.Is(err, domain.ErrVersionConflict) {
+		t.Fatalf("want conflict, got %v", err)
+	}
+	// An atomic batch over two aggregates, each checked.
+	email := events.EmailAggregate("a@b.co")
+	last, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: seq1}, {Aggregate: email, Version: 0}},
+		[]domain.Change{
+			change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "B"}),
+			change(events.EmailClaimed{Versioned: events.V(), EmailHash: email.ID, UserID: id}),
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last != seq1+2 {
+		t.Fatalf("batch last seq = %d, want %d", last, seq1+2)
+	}
+	// A batch whose second expectation fails stores nothing.
+	_, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: seq1 + 1}, {Aggregate: email, Version: 0}},
+		[]domain.Change{
+			change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "C"}),
+			change(events.EmailClaimed{Versioned: events.V(), EmailHash: email.ID, UserID: id}),
+		})
+	if !errors.Is(err, domain.ErrVersionConflict) {
+		t.Fatalf("want conflict, got %v", err)
+	}
+	hist, err := st.Load(ctx, agg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hist) != 2 || hist[0].Type != events.TypeUserRegistered || hist[1].Data.(events.UserRenamed).Name != "B" {
+		t.Fatalf("history = %+v", hist)
+	}
+	if hist[0].Metadata.Actor != "system" || hist[0].Metadata.RequestID != "r1" || hist[0].Sequence != seq1 {
+		t.Fatalf("metadata = %+v", hist[0])
+	}
+}
+
+func TestConcurrentAppendsNeverLoseAnUpdate(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	id := uuid.New()
+	agg := events.UserAggregate(id)
+	var mu sync.Mutex
+	var wins int
+	var wg sync.WaitGroup
+	for i := 0; i < 20; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: 0}},
+				[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
+			if err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			} else if !errors.Is(err, domain.ErrVersionConflict) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Fatalf("%d appends with the same expectation won, want exactly 1", wins)
+	}
+}
+
+func TestReadPagesThroughLongHistories(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	id := uuid.New()
+	agg := events.UserAggregate(id)
+	var v uint64
+	for i := 0; i < 600; i++ {
+		var err error
+		v, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: v}},
+			[]domain.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "n"})})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	hist, err := st.Load(ctx, agg)
+	if err != nil || len(hist) != 600 || hist[599].Sequence != v {
+		t.Fatalf("loaded %d events (err %v)", len(hist), err)
+	}
+}

@@ -1,0 +1,248 @@
+package events
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// StreamName is the JetStream stream that holds every identityd event.
+const StreamName = "IDENTITY"
+
+// SubjectRoot prefixes every subject in StreamName.
+const SubjectRoot = "identity"
+
+// SchemaVersion is the payload schema version written by this build for every event type. Each
+// payload carries it as "schema_version" so readers can upcast older events.
+const SchemaVersion = 1
+
+// Type is an event's CloudEvents type, e.g. "identityd.user.registered".
+type Type string
+
+// The event types identityd emits.
+const (
+	TypeUserRegistered Type = "identityd.user.registered"
+	TypeUserRenamed    Type = "identityd.user.renamed"
+	TypePasswordSet    Type = "identityd.user.password_set"
+	TypeTokenCreated   Type = "identityd.user.token_created"
+	TypeTokenRevoked   Type = "identityd.user.token_revoked"
+	TypeSessionStarted Type = "identityd.user.session_started"
+	TypeSessionEnded   Type = "identityd.user.session_ended"
+	TypeUserDeleted    Type = "identityd.user.deleted"
+	TypeEmailClaimed   Type = "identityd.email.claimed"
+	TypeEmailReleased  Type = "identityd.email.released"
+)
+
+// Event is the payload of one event. Each payload knows its type and the aggregate it belongs
+// to, which together give its subject.
+type Event interface {
+	EventType() Type
+	Aggregate() Aggregate
+}
+
+// Aggregate names one consistency boundary in the stream: a kind ("user", "email") and an id
+// that is a single subject token.
+type Aggregate struct {
+	Kind string
+	ID   string
+}
+
+// UserAggregate is the aggregate of one user account.
+func UserAggregate(id uuid.UUID) Aggregate { return Aggregate{Kind: "user", ID: id.String()} }
+
+// EmailAggregate is the aggregate that guards one email address's uniqueness. Its id is the
+// SHA-256 of the normalized address, so the address itself never appears in a subject.
+func EmailAggregate(normalizedEmail string) Aggregate {
+	sum := sha256.Sum256([]byte(normalizedEmail))
+	return Aggregate{Kind: "email", ID: hex.EncodeToString(sum[:])}
+}
+
+// Filter is the subject filter matching every event of the aggregate.
+func (a Aggregate) Filter() string { return SubjectRoot + "." + a.Kind + "." + a.ID + ".*" }
+
+// String renders the aggregate as "kind/id", the CloudEvents subject of its events.
+func (a Aggregate) String() string { return a.Kind + "/" + a.ID }
+
+// Subject is the NATS subject an event is stored under.
+func Subject(e Event) string {
+	t := string(e.EventType())
+	return SubjectRoot + "." + e.Aggregate().Kind + "." + e.Aggregate().ID + "." + t[strings.LastIndexByte(t, '.')+1:]
+}
+
+// Versioned is embedded in every payload so that each one carries its schema version.
+type Versioned struct {
+	SchemaVersion int `json:"schema_version"`
+}
+
+// V returns the current schema version marker for a new payload.
+func V() Versioned { return Versioned{SchemaVersion: SchemaVersion} }
+
+// UserRegistered opens a user's history: the account exists from here on.
+type UserRegistered struct {
+	Versioned
+	UserID          uuid.UUID `json:"user_id"`
+	Email           string    `json:"email"`
+	Name            string    `json:"name"`
+	PersonalOrgSlug string    `json:"personal_org_slug"`
+	RegisteredAt    time.Time `json:"registered_at"`
+}
+
+// UserRenamed records a new display name.
+type UserRenamed struct {
+	Versioned
+	UserID  uuid.UUID `json:"user_id"`
+	OldName string    `json:"old_name"`
+	Name    string    `json:"name"`
+}
+
+// PasswordSet records a new password as an argon2id hash (PHC string); the password itself is
+// never written anywhere.
+type PasswordSet struct {
+	Versioned
+	UserID       uuid.UUID `json:"user_id"`
+	PasswordHash string    `json:"password_hash"`
+}
+
+// TokenCreated records a new personal API token. Only the SHA-256 digest of its secret is kept.
+type TokenCreated struct {
+	Versioned
+	UserID      uuid.UUID  `json:"user_id"`
+	TokenID     uuid.UUID  `json:"token_id"`
+	Description string     `json:"description"`
+	Digest      string     `json:"digest"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+}
+
+// TokenRevoked records that an API token stops working.
+type TokenRevoked struct {
+	Versioned
+	UserID  uuid.UUID `json:"user_id"`
+	TokenID uuid.UUID `json:"token_id"`
+}
+
+// SessionStarted records a log-in: a session token (digest only) valid until ExpiresAt.
+type SessionStarted struct {
+	Versioned
+	UserID    uuid.UUID `json:"user_id"`
+	SessionID uuid.UUID `json:"session_id"`
+	Digest    string    `json:"digest"`
+	StartedAt time.Time `json:"started_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// SessionEnded records a log-out.
+type SessionEnded struct {
+	Versioned
+	UserID    uuid.UUID `json:"user_id"`
+	SessionID uuid.UUID `json:"session_id"`
+}
+
+// UserDeleted closes a user's history: the account, its tokens and sessions are gone.
+type UserDeleted struct {
+	Versioned
+	UserID uuid.UUID `json:"user_id"`
+}
+
+// EmailClaimed reserves an address for one user; a second claim of the same address is refused
+// by the stream's per-subject expectation, which is what makes emails unique.
+type EmailClaimed struct {
+	Versioned
+	EmailHash string    `json:"email_hash"`
+	UserID    uuid.UUID `json:"user_id"`
+}
+
+// EmailReleased frees an address when its user is deleted.
+type EmailReleased struct {
+	Versioned
+	EmailHash string    `json:"email_hash"`
+	UserID    uuid.UUID `json:"user_id"`
+}
+
+func userAgg(id uuid.UUID) Aggregate { return UserAggregate(id) }
+
+// EventType implements Event.
+func (UserRegistered) EventType() Type { return TypeUserRegistered }
+
+// EventType implements Event.
+func (UserRenamed) EventType() Type { return TypeUserRenamed }
+
+// EventType implements Event.
+func (PasswordSet) EventType() Type { return TypePasswordSet }
+
+// EventType implements Event.
+func (TokenCreated) EventType() Type { return TypeTokenCreated }
+
+// EventType implements Event.
+func (TokenRevoked) EventType() Type { return TypeTokenRevoked }
+
+// EventType implements Event.
+func (SessionStarted) EventType() Type { return TypeSessionStarted }
+
+// EventType implements Event.
+func (SessionEnded) EventType() Type { return TypeSessionEnded }
+
+// EventType implements Event.
+func (UserDeleted) EventType() Type { return TypeUserDeleted }
+
+// EventType implements Event.
+func (EmailClaimed) EventType() Type { return TypeEmailClaimed }
+
+// EventType implements Event.
+func (EmailReleased) EventType() Type { return TypeEmailReleased }
+
+// Aggregate implements Event.
+func (e UserRegistered) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e UserRenamed) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e PasswordSet) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e TokenCreated) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e TokenRevoked) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e SessionStarted) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e SessionEnded) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e UserDeleted) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e EmailClaimed) Aggregate() Aggregate { return Aggregate{Kind: "email", ID: e.EmailHash} }
+
+// Aggregate implements Event.
+func (e EmailReleased) Aggregate() Aggregate { return Aggregate{Kind: "email", ID: e.EmailHash} }
+
+// registry maps each type to the decoder of its payload.
+var registry = map[Type]func([]byte) (Event, error){
+	TypeUserRegistered: decodeAs[UserRegistered],
+	TypeUserRenamed:    decodeAs[UserRenamed],
+	TypePasswordSet:    decodeAs[PasswordSet],
+	TypeTokenCreated:   decodeAs[TokenCreated],
+	TypeTokenRevoked:   decodeAs[TokenRevoked],
+	TypeSessionStarted: decodeAs[SessionStarted],
+	TypeSessionEnded:   decodeAs[SessionEnded],
+	TypeUserDeleted:    decodeAs[UserDeleted],
+	TypeEmailClaimed:   decodeAs[EmailClaimed],
+	TypeEmailReleased:  decodeAs[EmailReleased],
+}
+
+// Types lists every event type identityd emits.
+func Types() []Type {
+	out := make([]Type, 0, len(registry))
+	for t := range registry {
+		out = append(out, t)
+	}
+	return out
+}
