@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/transport/httpapi"
+)
+
+// app is one identityd instance, wired explicitly: embedded or external NATS → event store →
+// domain service; read-model database → projector and read model; all of it → HTTP API.
+type app struct {
+	api       *httpapi.API
+	projector *projections.Projector
+	usage     *projections.UsageTracker
+	db        *bun.DB
+	nc        *nats.Conn
+	ns        *server.Server // nil with an external NATS
+	logger    *slog.Logger
+	runDone   chan error
+	cancel    context.CancelFunc
+}
+
+// newApp starts everything but the HTTP listener.
+func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err error) {
+	a := &app{logger: logger}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+
+	natsURL := cfg.NATSURL
+	if natsURL == "" {
+		a.ns, err = embedded.Start(embedded.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen})
+		if err != nil {
+			return nil, err
+		}
+		natsURL = a.ns.ClientURL()
+		logger.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "nats"))
+	}
+	a.nc, err = nats.Connect(natsURL, nats.Name("identityd"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { logger.Warn("NATS disconnected", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+	}
+	store, err := eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas})
+	if err != nil {
+		return nil, err
+	}
+
+	dbURL := cfg.DatabaseURL
+	if dbURL == "" {
+		dbURL = projections.SQLiteURL(filepath.Join(cfg.DataDir, "identityd.db"))
+	}
+	a.db, err = projections.OpenDB(ctx, projections.DBConfig{URL: dbURL})
+	if err != nil {
+		return nil, err
+	}
+	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	a.cancel = cancel
+	a.runDone = make(chan error, 1)
+	go func() { a.runDone <- a.projector.Run(runCtx) }()
+	select {
+	case <-a.projector.Running():
+	case err := <-a.runDone:
+		return nil, fmt.Errorf("projector: %w", err)
+	case <-time.After(30 * time.Second):
+		return nil, errors.New("projector did not start within 30s")
+	}
+
+	key := cfg.SecretKey
+	if key == nil {
+		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "secret.key")); err != nil {
+			return nil, err
+		}
+	}
+	svc, err := domain.NewService(store, domain.ServiceConfig{
+		Password:          domain.PasswordParams{MemoryKiB: cfg.Argon2MemKiB, Time: cfg.Argon2Time, Threads: 1},
+		SessionTTL:        cfg.SessionTTL,
+		IdempotencySecret: key,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rm := projections.NewReadModel(a.db, projections.CurrentTables)
+	a.usage = projections.NewUsageTracker(rm, time.Second, logger)
+	a.api, err = httpapi.New(httpapi.Config{
+		Service: svc, ReadModel: rm, Barrier: a.projector, Usage: a.usage,
+		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
+		Ready: func(ctx context.Context) error {
+			if !a.nc.IsConnected() {
+				return errors.New("NATS disconnected")
+			}
+			return a.db.PingContext(ctx)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// close stops the instance in dependency order; it tolerates a partly started app.
+func (a *app) close() {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	if a.projector != nil {
+		_ = a.projector.Close()
+		if a.runDone != nil {
+			<-a.runDone
+		}
+	}
+	if a.usage != nil {
+		a.usage.Close()
+	}
+	if a.nc != nil {
+		_ = a.nc.Drain()
+	}
+	if a.db != nil {
+		_ = a.db.Close()
+	}
+	if a.ns != nil {
+		a.ns.Shutdown()
+		a.ns.WaitForShutdown()
+	}
+}
+
+// loadOrCreateKey reads the instance's secret key, creating it (0600) on first start.
+func loadOrCreateKey(path string) ([]byte, error) {
+	b, err := os.ReadFile(path) //nolint:gosec // path is under the configured data dir
+	if err == nil {
+		key, derr := hex.DecodeString(strings.TrimSpace(string(b)))
+		if derr != nil || len(key) < 32 {
+			return nil, fmt.Errorf("%s: not a hex key of at least 32 bytes", path)
+		}
+		return key, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+		return nil, fmt.Errorf("write secret key: %w", err)
+	}
+	return key, nil
+}

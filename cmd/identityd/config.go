@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// config is everything identityd can be told. Each setting is an environment variable with a
+// flag of the same meaning; a flag wins over the variable.
+type config struct {
+	HTTPAddr       string
+	DataDir        string
+	NATSURL        string
+	NATSListen     string
+	NATSReplicas   int
+	DatabaseURL    string
+	SecretKey      []byte
+	PublicURL      string
+	LogLevel       slog.Level
+	SessionTTL     time.Duration
+	Argon2MemKiB   uint32
+	Argon2Time     uint32
+	ConsistencyMax time.Duration
+}
+
+// setting describes one configuration variable for flags, env and --help.
+type setting struct {
+	env, flag, def, help string
+}
+
+var settings = []setting{
+	{"IDENTITYD_HTTP_ADDR", "http-addr", "127.0.0.1:8080", "HTTP listen address"},
+	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "directory for the embedded NATS store, the SQLite read model and the generated secret key"},
+	{"IDENTITYD_NATS_URL", "nats-url", "", "external NATS server URL (nats://host:4222); unset: run an embedded NATS server"},
+	{"IDENTITYD_NATS_LISTEN", "nats-listen", "127.0.0.1:14222", "client address of the embedded NATS server, so other programs can subscribe to the stream"},
+	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "1", "replicas of the event stream (3 on a NATS cluster)"},
+	{"IDENTITYD_DATABASE_URL", "database-url", "", "read-model database: postgres://user@host:5432/db?sslmode=disable; unset: SQLite file in the data dir"},
+	{"IDENTITYD_SECRET_KEY", "secret-key", "", "hex key (>= 32 bytes) deriving idempotent ids and secrets; instances sharing users must share it; unset: generated into the data dir"},
+	{"IDENTITYD_PUBLIC_URL", "public-url", "", "externally visible base URL, used in error doc_url links; unset: http://<http-addr>"},
+	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
+	{"IDENTITYD_SESSION_TTL", "session-ttl", "720h", "lifetime of a log-in session"},
+	{"IDENTITYD_ARGON2_MEMORY_KIB", "argon2-memory-kib", "19456", "argon2id memory cost of new password hashes, KiB"},
+	{"IDENTITYD_ARGON2_TIME", "argon2-time", "2", "argon2id passes of new password hashes"},
+	{"IDENTITYD_CONSISTENCY_TIMEOUT", "consistency-timeout", "5s", "how long a write waits for the read model before answering (read-your-writes)"},
+}
+
+// loadConfig reads flags over environment variables over defaults.
+func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	fs := flag.NewFlagSet("identityd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	vals := map[string]*string{}
+	for _, s := range settings {
+		def := s.def
+		if v := getenv(s.env); v != "" {
+			def = v
+		}
+		vals[s.env] = fs.String(s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "identityd: an event-sourced identity service (users, sessions, API tokens)\n\n"+
+			"Usage: identityd [flags]\n\nWith nothing set it runs on embedded defaults: an in-process NATS JetStream\n"+
+			"server and an SQLite read model, both under the data dir.\n\nFlags (each also an environment variable):\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		return config{}, err
+	}
+	if fs.NArg() > 0 {
+		return config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	get := func(env string) string { return strings.TrimSpace(*vals[env]) }
+	c := config{
+		HTTPAddr:    get("IDENTITYD_HTTP_ADDR"),
+		DataDir:     get("IDENTITYD_DATA_DIR"),
+		NATSURL:     get("IDENTITYD_NATS_URL"),
+		NATSListen:  get("IDENTITYD_NATS_LISTEN"),
+		DatabaseURL: get("IDENTITYD_DATABASE_URL"),
+		PublicURL:   strings.TrimRight(get("IDENTITYD_PUBLIC_URL"), "/"),
+	}
+	var errs []error
+	var err error
+	if c.NATSReplicas, err = strconv.Atoi(get("IDENTITYD_NATS_REPLICAS")); err != nil || c.NATSReplicas < 1 {
+		errs = append(errs, errors.New("IDENTITYD_NATS_REPLICAS must be a positive integer"))
+	}
+	if k := get("IDENTITYD_SECRET_KEY"); k != "" {
+		if c.SecretKey, err = hex.DecodeString(k); err != nil || len(c.SecretKey) < 32 {
+			errs = append(errs, errors.New("IDENTITYD_SECRET_KEY must be at least 32 bytes, hex encoded"))
+		}
+	}
+	if err := c.LogLevel.UnmarshalText([]byte(get("IDENTITYD_LOG_LEVEL"))); err != nil {
+		errs = append(errs, fmt.Errorf("IDENTITYD_LOG_LEVEL: %w", err))
+	}
+	if c.SessionTTL, err = time.ParseDuration(get("IDENTITYD_SESSION_TTL")); err != nil || c.SessionTTL <= 0 {
+		errs = append(errs, errors.New("IDENTITYD_SESSION_TTL must be a positive duration such as 720h"))
+	}
+	if c.ConsistencyMax, err = time.ParseDuration(get("IDENTITYD_CONSISTENCY_TIMEOUT")); err != nil || c.ConsistencyMax <= 0 {
+		errs = append(errs, errors.New("IDENTITYD_CONSISTENCY_TIMEOUT must be a positive duration such as 5s"))
+	}
+	mem, err := strconv.ParseUint(get("IDENTITYD_ARGON2_MEMORY_KIB"), 10, 32)
+	if err != nil || mem < 8 {
+		errs = append(errs, errors.New("IDENTITYD_ARGON2_MEMORY_KIB must be an integer >= 8"))
+	}
+	passes, err := strconv.ParseUint(get("IDENTITYD_ARGON2_TIME"), 10, 32)
+	if err != nil || passes < 1 {
+		errs = append(errs, errors.New("IDENTITYD_ARGON2_TIME must be an integer >= 1"))
+	}
+	c.Argon2MemKiB, c.Argon2Time = uint32(mem), uint32(passes)
+	if c.HTTPAddr == "" || c.DataDir == "" {
+		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://" + c.HTTPAddr
+	}
+	return c, errors.Join(errs...)
+}

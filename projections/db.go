@@ -1,0 +1,104 @@
+package projections
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/dialect/pgdialect"
+	"github.com/uptrace/bun/dialect/sqlitedialect"
+	"github.com/uptrace/bun/driver/pgdriver"
+	_ "modernc.org/sqlite" // pure-Go SQLite driver ("sqlite"), no cgo
+)
+
+// DBConfig selects and tunes the read-model database.
+type DBConfig struct {
+	// URL is a postgres:// or postgresql:// URL, or sqlite:PATH / file:PATH for SQLite.
+	URL string
+	// MaxOpenConns bounds the connection pool (default 16 for PostgreSQL, 8 for SQLite).
+	MaxOpenConns int
+}
+
+// Validate reports a configuration that cannot work.
+func (c DBConfig) Validate() error {
+	if c.URL == "" {
+		return errors.New("projections: database URL is required")
+	}
+	if !isPostgres(c.URL) && !isSQLite(c.URL) {
+		return fmt.Errorf("projections: unsupported database URL %q (want postgres://… or sqlite:PATH)", redact(c.URL))
+	}
+	return nil
+}
+
+func isPostgres(u string) bool {
+	return strings.HasPrefix(u, "postgres://") || strings.HasPrefix(u, "postgresql://")
+}
+
+func isSQLite(u string) bool { return strings.HasPrefix(u, "sqlite:") || strings.HasPrefix(u, "file:") }
+
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
+}
+
+// SQLiteURL is the database URL of an SQLite file.
+func SQLiteURL(path string) string { return "sqlite:" + path }
+
+// OpenDB opens the read-model database and checks that it answers.
+func OpenDB(ctx context.Context, cfg DBConfig) (*bun.DB, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var db *bun.DB
+	if isPostgres(cfg.URL) {
+		sqldb := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(cfg.URL),
+			pgdriver.WithTimeout(5*time.Second), pgdriver.WithReadTimeout(10*time.Second)))
+		n := cfg.MaxOpenConns
+		if n <= 0 {
+			n = 16
+		}
+		sqldb.SetMaxOpenConns(n)
+		sqldb.SetMaxIdleConns(n)
+		db = bun.NewDB(sqldb, pgdialect.New())
+	} else {
+		path := strings.TrimPrefix(strings.TrimPrefix(cfg.URL, "sqlite:"), "file:")
+		if i := strings.IndexByte(path, '?'); i >= 0 {
+			path = path[:i]
+		}
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, fmt.Errorf("projections: %w", err)
+		}
+		dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
+			"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)&_txlock=immediate"
+		sqldb, err := sql.Open("sqlite", dsn)
+		if err != nil {
+			return nil, fmt.Errorf("projections: open sqlite: %w", err)
+		}
+		n := cfg.MaxOpenConns
+		if n <= 0 {
+			n = 8
+		}
+		sqldb.SetMaxOpenConns(n)
+		db = bun.NewDB(sqldb, sqlitedialect.New())
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pctx); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("projections: database %s does not answer: %w", redact(cfg.URL), err)
+	}
+	return db, nil
+}
+
+// isPG reports whether db speaks PostgreSQL.
+func isPG(db bun.IDB) bool { return db.Dialect().Name().String() == "pg" }

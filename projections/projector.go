@@ -1,0 +1,192 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/events"
+)
+
+// ProjectorConfig configures a Projector. Zero values take defaults.
+type ProjectorConfig struct {
+	// DB is the read-model database (required).
+	DB *bun.DB
+	// JetStream reads the stream (required).
+	JetStream jetstream.JetStream
+	// Stream is the stream name (default events.StreamName).
+	Stream string
+	// Tables is the generation of tables to build (default CurrentTables).
+	Tables Tables
+	// MaxBatch bounds the events applied in one transaction (default 500).
+	MaxBatch int
+	// PoisonSubject is where undecodable events are published (default "identityd.poison.users").
+	PoisonSubject string
+	// Logger logs progress and failures (default slog.Default()).
+	Logger *slog.Logger
+}
+
+func (c *ProjectorConfig) fill() {
+	if c.Stream == "" {
+		c.Stream = events.StreamName
+	}
+	if c.Tables == (Tables{}) {
+		c.Tables = CurrentTables
+	}
+	if c.MaxBatch <= 0 {
+		c.MaxBatch = 500
+	}
+	if c.PoisonSubject == "" {
+		c.PoisonSubject = "identityd.poison.users"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c ProjectorConfig) Validate() error {
+	if c.DB == nil || c.JetStream == nil {
+		return errors.New("projections: DB and JetStream are required")
+	}
+	return nil
+}
+
+// Projector keeps one generation of read-model tables up to date with the stream.
+type Projector struct {
+	cfg    ProjectorConfig
+	router *message.Router
+	sub    *streamSubscriber
+
+	mu      sync.Mutex
+	pos     uint64
+	changed chan struct{}
+}
+
+// NewProjector creates the tables if needed and wires the Watermill router: recoverer (a panic
+// becomes an error), retry with backoff for transient failures, and a poison queue for events
+// that cannot be decoded. A batch that still fails is nacked and redelivered, so the projection
+// pauses (say, while the database is down) and resumes from its checkpoint, never skipping.
+func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := CreateSchema(ctx, cfg.DB, cfg.Tables); err != nil {
+		return nil, err
+	}
+	p := &Projector{cfg: cfg, changed: make(chan struct{})}
+	pos, err := p.checkpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	p.pos = pos
+	logger := watermill.NewSlogLogger(cfg.Logger)
+	router, err := message.NewRouter(message.RouterConfig{CloseTimeout: 10 * time.Second}, logger)
+	if err != nil {
+		return nil, err
+	}
+	poisonPub, err := newPoisonPublisher(ctx, cfg.JetStream)
+	if err != nil {
+		return nil, err
+	}
+	poison, err := middleware.PoisonQueueWithFilter(poisonPub, cfg.PoisonSubject, func(err error) bool { return errors.Is(err, errPoison) })
+	if err != nil {
+		return nil, err
+	}
+	router.AddMiddleware(
+		poison,
+		middleware.Retry{
+			MaxRetries:      5,
+			InitialInterval: 50 * time.Millisecond,
+			MaxInterval:     2 * time.Second,
+			Multiplier:      2,
+			Logger:          logger,
+			ShouldRetry:     func(p middleware.RetryParams) bool { return !errors.Is(p.Err, errPoison) },
+		}.Middleware,
+		middleware.Recoverer,
+	)
+	p.sub = &streamSubscriber{
+		js: cfg.JetStream, stream: cfg.Stream, start: p.checkpoint, maxBatch: cfg.MaxBatch,
+		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}),
+	}
+	router.AddConsumerHandler("project_"+cfg.Tables.Checkpoint(), events.SubjectRoot+".>", p.sub, p.handle)
+	p.router = router
+	return p, nil
+}
+
+// Run applies events until ctx ends or Close is called.
+func (p *Projector) Run(ctx context.Context) error {
+	return p.router.Run(ctx)
+}
+
+// Running is closed once the projector consumes the stream.
+func (p *Projector) Running() chan struct{} { return p.router.Running() }
+
+// Close stops the projector, letting an in-flight batch finish.
+func (p *Projector) Close() error {
+	err := p.router.Close()
+	return errors.Join(err, p.sub.Close())
+}
+
+func (p *Projector) handle(msg *message.Message) error {
+	batch, ok := batchOf(msg)
+	if !ok {
+		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
+			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
+	}
+	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
+	if err != nil {
+		return err
+	}
+	p.advance(pos)
+	return nil
+}
+
+func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
+	return NewReadModel(p.cfg.DB, p.cfg.Tables).Position(ctx)
+}
+
+func (p *Projector) advance(pos uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pos > p.pos {
+		p.pos = pos
+		close(p.changed)
+		p.changed = make(chan struct{})
+	}
+}
+
+// Position is the stream sequence up to which this projector knows the read model is current.
+func (p *Projector) Position() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pos
+}
+
+// WaitFor blocks until the read model includes the event at stream sequence seq: the
+// read-your-writes barrier a command's caller passes before it answers.
+func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	for {
+		p.mu.Lock()
+		pos, ch := p.pos, p.changed
+		p.mu.Unlock()
+		if pos >= seq {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("read model at %d, waiting for %d: %w", pos, seq, ctx.Err())
+		}
+	}
+}

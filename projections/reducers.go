@@ -1,0 +1,117 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/events"
+)
+
+// reducer applies one event to the read model inside the batch's transaction.
+type reducer func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error
+
+// reducers is the users projection: event type → change to the read model. Event types not
+// listed (email claims) do not concern it.
+var reducers = map[events.Type]reducer{
+	events.TypeUserRegistered: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.UserRegistered)
+		_, err := tx.NewInsert().Model(&UserRow{
+			ID: ev.UserID, Email: ev.Email, Name: ev.Name, PersonalOrgSlug: ev.PersonalOrgSlug,
+			CreatedAt: ev.RegisteredAt.UTC(), UpdatedAt: e.Time.UTC(), Version: e.Sequence,
+		}).ModelTableExpr(t.Users()).Exec(ctx)
+		return err
+	},
+	events.TypeUserRenamed: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.UserRenamed)
+		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
+			Set("name = ?", ev.Name).Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
+			Where("id = ?", ev.UserID).Exec(ctx)
+		return err
+	},
+	events.TypePasswordSet: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		// The hash stays in the stream and the aggregate; the read model only notes the change.
+		ev := e.Data.(events.PasswordSet)
+		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
+			Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
+			Where("id = ?", ev.UserID).Exec(ctx)
+		return err
+	},
+	events.TypeTokenCreated: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.TokenCreated)
+		_, err := tx.NewInsert().Model(&TokenRow{
+			ID: ev.TokenID, UserID: ev.UserID, Description: ev.Description, Digest: ev.Digest,
+			CreatedAt: ev.CreatedAt.UTC(), ExpiresAt: utcPtr(ev.ExpiresAt),
+		}).ModelTableExpr(t.Tokens()).Exec(ctx)
+		return err
+	},
+	events.TypeTokenRevoked: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.TokenRevoked)
+		_, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID).Exec(ctx)
+		return err
+	},
+	events.TypeSessionStarted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.SessionStarted)
+		_, err := tx.NewInsert().Model(&SessionRow{
+			ID: ev.SessionID, UserID: ev.UserID, Digest: ev.Digest,
+			CreatedAt: ev.StartedAt.UTC(), ExpiresAt: ev.ExpiresAt.UTC(),
+		}).ModelTableExpr(t.Sessions()).Exec(ctx)
+		return err
+	},
+	events.TypeSessionEnded: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.SessionEnded)
+		_, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID).Exec(ctx)
+		return err
+	},
+	events.TypeUserDeleted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev := e.Data.(events.UserDeleted)
+		for _, q := range []*bun.DeleteQuery{
+			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id = ?", ev.UserID),
+			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id = ?", ev.UserID),
+			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id = ?", ev.UserID),
+		} {
+			if _, err := q.Exec(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	},
+}
+
+// applyBatch applies the events after the checkpoint and moves the checkpoint, in one
+// transaction. It returns the checkpoint after the batch. Events at or below the checkpoint
+// (redelivered, or applied by another instance sharing the database) are skipped.
+func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, error) {
+	var pos uint64
+	err := db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
+		if isPG(tx) {
+			q = q.For("UPDATE") // serializes instances that share the database
+		}
+		if err := q.Scan(ctx, &pos); err != nil {
+			return fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
+		}
+		last := pos
+		for _, e := range batch {
+			if e.Sequence <= pos {
+				continue
+			}
+			if r, ok := reducers[e.Type]; ok {
+				if err := r(ctx, tx, t, e); err != nil {
+					return fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
+				}
+			}
+			last = e.Sequence
+		}
+		if last == pos {
+			return nil
+		}
+		_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
+			Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
+			Where("name = ?", t.Checkpoint()).Exec(ctx)
+		pos = last
+		return err
+	})
+	return pos, err
+}

@@ -1,0 +1,123 @@
+package projections
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/uptrace/bun"
+)
+
+// Tables names one generation of the read-model tables. The suffix carries the schema version
+// (and, for a rebuild, a generation), so a projection can be rebuilt into fresh tables next to
+// the live ones and switched over when it has caught up.
+type Tables struct {
+	Suffix string
+}
+
+// CurrentTables are the tables of this build's read-model schema.
+var CurrentTables = Tables{Suffix: "v1"}
+
+// Users is the users table.
+func (t Tables) Users() string { return "users_" + t.Suffix }
+
+// Tokens is the API tokens table.
+func (t Tables) Tokens() string { return "api_tokens_" + t.Suffix }
+
+// Sessions is the sessions table.
+func (t Tables) Sessions() string { return "sessions_" + t.Suffix }
+
+// Checkpoint is the projection's name in the checkpoint table.
+func (t Tables) Checkpoint() string { return "users_" + t.Suffix }
+
+// UserRow is a user in the read model.
+type UserRow struct {
+	bun.BaseModel `bun:"table:users_v1,alias:u"`
+
+	ID              uuid.UUID `bun:"id,pk,type:uuid"`
+	Email           string    `bun:"email,notnull"`
+	Name            string    `bun:"name,notnull"`
+	PersonalOrgSlug string    `bun:"personal_org_slug,notnull"`
+	CreatedAt       time.Time `bun:"created_at,notnull"`
+	UpdatedAt       time.Time `bun:"updated_at,notnull"`
+	// Version is the stream sequence of the last event applied to the row.
+	Version uint64 `bun:"version,notnull"`
+}
+
+// TokenRow is a live (not revoked) API token. Only the digest of the secret is stored.
+type TokenRow struct {
+	bun.BaseModel `bun:"table:api_tokens_v1,alias:t"`
+
+	ID          uuid.UUID  `bun:"id,pk,type:uuid"`
+	UserID      uuid.UUID  `bun:"user_id,notnull,type:uuid"`
+	Description string     `bun:"description,notnull"`
+	Digest      string     `bun:"digest,notnull"`
+	CreatedAt   time.Time  `bun:"created_at,notnull"`
+	ExpiresAt   *time.Time `bun:"expires_at"`
+}
+
+// SessionRow is a live session. Only the digest of the secret is stored.
+type SessionRow struct {
+	bun.BaseModel `bun:"table:sessions_v1,alias:s"`
+
+	ID        uuid.UUID `bun:"id,pk,type:uuid"`
+	UserID    uuid.UUID `bun:"user_id,notnull,type:uuid"`
+	Digest    string    `bun:"digest,notnull"`
+	CreatedAt time.Time `bun:"created_at,notnull"`
+	ExpiresAt time.Time `bun:"expires_at,notnull"`
+}
+
+// checkpointRow is how far a projection has applied the stream. It is updated in the same
+// transaction as the rows, which is what makes application exactly-once in effect.
+type checkpointRow struct {
+	bun.BaseModel `bun:"table:projection_checkpoints"`
+
+	Name      string    `bun:"name,pk"`
+	Position  uint64    `bun:"position,notnull"`
+	UpdatedAt time.Time `bun:"updated_at,notnull"`
+}
+
+// tokenUsageRow is when a token or session was last used. It is not event-sourced (an event per
+// request would flood the stream) and not versioned, so it survives a rebuild.
+type tokenUsageRow struct {
+	bun.BaseModel `bun:"table:token_usage,alias:tu"`
+
+	TokenID    uuid.UUID `bun:"token_id,pk,type:uuid"`
+	LastUsedAt time.Time `bun:"last_used_at,notnull"`
+}
+
+// CreateSchema creates the tables and indexes of one generation (idempotent) and its
+// checkpoint row.
+func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
+	models := []struct {
+		model any
+		table string
+	}{
+		{(*UserRow)(nil), t.Users()},
+		{(*TokenRow)(nil), t.Tokens()},
+		{(*SessionRow)(nil), t.Sessions()},
+		{(*checkpointRow)(nil), "projection_checkpoints"},
+		{(*tokenUsageRow)(nil), "token_usage"},
+	}
+	for _, m := range models {
+		if _, err := db.NewCreateTable().Model(m.model).ModelTableExpr(m.table).IfNotExists().Exec(ctx); err != nil {
+			return fmt.Errorf("create table %s: %w", m.table, err)
+		}
+	}
+	indexes := []string{
+		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_email ON %[1]s (email)", t.Users()),
+		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_digest ON %[1]s (digest)", t.Tokens()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id, created_at)", t.Tokens()),
+		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_digest ON %[1]s (digest)", t.Sessions()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id)", t.Sessions()),
+	}
+	for _, q := range indexes {
+		if _, err := db.ExecContext(ctx, q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+	}
+	_, err := db.NewInsert().Model(&checkpointRow{Name: t.Checkpoint(), UpdatedAt: time.Now().UTC()}).
+		On("CONFLICT (name) DO NOTHING").Exec(ctx)
+	return err
+}

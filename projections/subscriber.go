@@ -1,0 +1,193 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/events"
+)
+
+// streamSubscriber is a Watermill subscriber over a JetStream ordered consumer that delivers
+// events in stream order, batched: each Watermill message carries every event that was waiting
+// (up to a limit), so one transaction can apply many events. The next message is sent only
+// after the previous one is acked; a nacked message is sent again after a backoff, so a batch
+// that failed (database down) is retried until it succeeds and nothing is skipped.
+//
+// Watermill's own NATS subscriber delivers one message per ack and starts its AckWait before
+// the handler sees a message (watermill#609); an ordered consumer whose position lives in the
+// database checkpoint avoids both.
+type streamSubscriber struct {
+	js        jetstream.JetStream
+	stream    string
+	start     func(context.Context) (uint64, error)
+	maxBatch  int
+	backoff   time.Duration
+	logger    watermill.LoggerAdapter
+	closing   chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+type batchKey struct{}
+
+// batchOf returns the events a message carries, or false for a poison message.
+func batchOf(msg *message.Message) ([]events.Envelope, bool) {
+	b, ok := msg.Context().Value(batchKey{}).([]events.Envelope)
+	return b, ok
+}
+
+// Metadata keys of poison messages.
+const (
+	metaSubject  = "nats_subject"
+	metaSequence = "stream_sequence"
+	metaError    = "decode_error"
+)
+
+// Subscribe starts delivering from just after the checkpoint. topic is the subject filter.
+func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan *message.Message, error) {
+	pos, err := s.start(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{topic},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    pos + 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ordered consumer: %w", err)
+	}
+	in := make(chan jetstream.Msg, 4*s.maxBatch)
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		select {
+		case in <- m:
+		case <-s.closing:
+		}
+	}, jetstream.PullMaxMessages(s.maxBatch))
+	if err != nil {
+		return nil, fmt.Errorf("consume: %w", err)
+	}
+	out := make(chan *message.Message)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer close(out)
+		defer cc.Stop()
+		for {
+			var first jetstream.Msg
+			select {
+			case first = <-in:
+			case <-ctx.Done():
+				return
+			case <-s.closing:
+				return
+			}
+			raw := []jetstream.Msg{first}
+		drain:
+			for len(raw) < s.maxBatch {
+				select {
+				case m := <-in:
+					raw = append(raw, m)
+				default:
+					break drain
+				}
+			}
+			for _, msg := range s.messages(raw) {
+				if !s.deliver(ctx, out, msg) {
+					return
+				}
+			}
+		}
+	}()
+	return out, nil
+}
+
+// messages decodes raw messages into batches; an undecodable one travels alone as a poison
+// message (payload and headers kept) so it ends in the poison queue instead of blocking.
+func (s *streamSubscriber) messages(raw []jetstream.Msg) []*message.Message {
+	var out []*message.Message
+	var batch []events.Envelope
+	flush := func() {
+		if len(batch) > 0 {
+			m := message.NewMessage(watermill.NewUUID(), nil)
+			m.SetContext(context.WithValue(context.Background(), batchKey{}, batch))
+			out = append(out, m)
+			batch = nil
+		}
+	}
+	for _, r := range raw {
+		md, err := r.Metadata()
+		if err != nil {
+			continue // not a stream message; cannot happen on an ordered consumer
+		}
+		env, err := events.Decode(r.Subject(), r.Headers(), r.Data(), md.Sequence.Stream)
+		if err != nil {
+			flush()
+			m := message.NewMessage(watermill.NewUUID(), r.Data())
+			for k, v := range r.Headers() {
+				if len(v) > 0 {
+					m.Metadata.Set(k, v[0])
+				}
+			}
+			m.Metadata.Set(metaSubject, r.Subject())
+			m.Metadata.Set(metaSequence, fmt.Sprint(md.Sequence.Stream))
+			m.Metadata.Set(metaError, err.Error())
+			out = append(out, m)
+			continue
+		}
+		batch = append(batch, env)
+	}
+	flush()
+	return out
+}
+
+// deliver sends msg and waits for its ack, resending copies after nacks.
+func (s *streamSubscriber) deliver(ctx context.Context, out chan<- *message.Message, msg *message.Message) bool {
+	backoff := s.backoff
+	for {
+		select {
+		case out <- msg:
+		case <-ctx.Done():
+			return false
+		case <-s.closing:
+			return false
+		}
+		select {
+		case <-msg.Acked():
+			return true
+		case <-msg.Nacked():
+		case <-ctx.Done():
+			return false
+		case <-s.closing:
+			return false
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return false
+		case <-s.closing:
+			return false
+		}
+		backoff = min(2*backoff, 5*time.Second)
+		next := msg.Copy()
+		next.SetContext(msg.Context())
+		msg = next
+	}
+}
+
+// Close stops every subscription.
+func (s *streamSubscriber) Close() error {
+	s.closeOnce.Do(func() { close(s.closing) })
+	s.wg.Wait()
+	return nil
+}
+
+// errPoison marks a message that no retry can apply.
+var errPoison = errors.New("poison message")

@@ -1,0 +1,118 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+)
+
+// maxBody bounds request bodies.
+const maxBody = 64 << 10
+
+// decodeJSON reads the body strictly into v: JSON content type, at most maxBody bytes, valid
+// UTF-8, one value, no unknown fields, right types. allowEmpty treats an empty body as {}.
+func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
+	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return fail("request_too_large", fmt.Sprintf("request body exceeds %d bytes", maxBody))
+		}
+		return fail("invalid_json", "could not read the request body")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		if allowEmpty {
+			return nil
+		}
+		return fail("invalid_json", "a JSON request body is required")
+	}
+	if ct := c.GetHeader("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return fail("unsupported_media_type", "Content-Type must be application/json (with curl: -H 'Content-Type: application/json')")
+		}
+	}
+	if !utf8.Valid(body) {
+		return fail("invalid_json", "the request body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return fail("invalid_json", "unexpected data after the JSON value")
+	}
+	return nil
+}
+
+func decodeError(err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		return fail("invalid_json", fmt.Sprintf("malformed JSON at byte %d: %s", syn.Offset, syn.Error()))
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fail("invalid_json", "malformed JSON: unexpected end of input")
+	case errors.As(err, &typ):
+		if typ.Field == "" {
+			return fail("invalid_request", fmt.Sprintf("the body must be a JSON object, not %s", typ.Value))
+		}
+		return fail("invalid_request", fmt.Sprintf("field %q must be %s, not %s", typ.Field, jsonKind(typ.Type.Kind().String()), typ.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fail("invalid_request", "unknown field "+strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	var te interface{ Timeout() bool }
+	if errors.As(err, &te) {
+		return fail("invalid_json", "timed out reading the body")
+	}
+	return fail("invalid_json", "malformed JSON: "+err.Error())
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "string":
+		return "a string"
+	case "struct", "map":
+		return "an object"
+	case "slice", "array":
+		return "an array"
+	case "bool":
+		return "a boolean"
+	default:
+		return "a number"
+	}
+}
+
+// required checks that a decoded field was present (and not null).
+func required(field string, v *string) error {
+	if v == nil {
+		return fail("invalid_request", fmt.Sprintf("field %q is required", field))
+	}
+	return nil
+}
+
+// idempotencyKey reads the optional Idempotency-Key header.
+func idempotencyKey(c *gin.Context) (string, error) {
+	k := c.GetHeader("Idempotency-Key")
+	if k == "" {
+		return "", nil
+	}
+	if len(k) > 255 {
+		return "", fail("invalid_idempotency_key", "Idempotency-Key must be at most 255 characters")
+	}
+	for i := 0; i < len(k); i++ {
+		if k[i] < 0x21 || k[i] > 0x7e {
+			return "", fail("invalid_idempotency_key", "Idempotency-Key must be printable ASCII without spaces")
+		}
+	}
+	return k, nil
+}

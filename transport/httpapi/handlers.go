@@ -1,0 +1,265 @@
+package httpapi
+
+import (
+	"context"
+	"fmt"
+	"html"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/domain"
+)
+
+// Wire types. Field names follow the Harmont User API.
+
+type userJSON struct {
+	Email           string    `json:"email"`
+	Name            string    `json:"name"`
+	PersonalOrgSlug string    `json:"personal_org_slug"`
+	UUID            uuid.UUID `json:"uuid"`
+}
+
+type sessionJSON struct {
+	ID         uuid.UUID  `json:"id"`
+	CreatedAt  time.Time  `json:"created_at"`
+	ExpiresAt  time.Time  `json:"expires_at"`
+	LastUsedAt *time.Time `json:"last_used_at"`
+}
+
+type apiTokenJSON struct {
+	ID          uuid.UUID  `json:"id"`
+	Description string     `json:"description"`
+	CreatedAt   time.Time  `json:"created_at"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+	LastUsedAt  *time.Time `json:"last_used_at"`
+}
+
+func userOf(v domain.UserView) userJSON {
+	return userJSON{Email: v.Email, Name: v.Name, PersonalOrgSlug: v.PersonalOrgSlug, UUID: v.ID}
+}
+
+func sessionOf(v domain.SessionView) sessionJSON {
+	return sessionJSON{ID: v.ID, CreatedAt: v.CreatedAt.UTC(), ExpiresAt: v.ExpiresAt.UTC()}
+}
+
+// settle waits until the read model includes seq, so the caller's next request (here or on
+// another instance) sees this write. If the read model lags beyond the timeout the write still
+// stands (it is in the stream); the answer says so in a header.
+func (a *API) settle(c *gin.Context, seq uint64) {
+	if seq == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(c, a.cfg.ConsistencyTimeout)
+	defer cancel()
+	if err := a.cfg.Barrier.WaitFor(ctx, seq); err != nil {
+		a.cfg.Logger.Warn("read model lagging behind a write", "seq", seq, "request_id", requestID(c), "err", err)
+		c.Header("Identityd-Read-Model", "lagging")
+	}
+}
+
+type signUpRequest struct {
+	Email    *string `json:"email"`
+	Name     *string `json:"name"`
+	Password *string `json:"password"`
+}
+
+func (a *API) signUp(c *gin.Context) {
+	var req signUpRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		a.abort(c, err)
+		return
+	}
+	for f, v := range map[string]*string{"email": req.Email, "name": req.Name, "password": req.Password} {
+		if err := required(f, v); err != nil {
+			a.abort(c, err)
+			return
+		}
+	}
+	key, err := idempotencyKey(c)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	out, err := a.cfg.Service.SignUp(c, a.meta(c), domain.SignUp{Email: *req.Email, Name: *req.Name, Password: *req.Password, IdempotencyKey: key})
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, out.Seq)
+	c.JSON(http.StatusCreated, gin.H{"user": userOf(out.User), "session": sessionOf(out.Session), "token": out.Token})
+}
+
+type logInRequest struct {
+	Email    *string `json:"email"`
+	Password *string `json:"password"`
+}
+
+func (a *API) logIn(c *gin.Context) {
+	var req logInRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		a.abort(c, err)
+		return
+	}
+	if err := required("email", req.Email); err != nil {
+		a.abort(c, err)
+		return
+	}
+	if err := required("password", req.Password); err != nil {
+		a.abort(c, err)
+		return
+	}
+	key, err := idempotencyKey(c)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	out, err := a.cfg.Service.LogIn(c, a.meta(c), domain.LogIn{Email: *req.Email, Password: *req.Password, IdempotencyKey: key})
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, out.Seq)
+	c.JSON(http.StatusCreated, gin.H{"session": sessionOf(out.Session), "token": out.Token})
+}
+
+func (a *API) logOut(c *gin.Context) {
+	p := caller(c)
+	if p.kind != domain.SessionToken {
+		a.abort(c, fail("session_token_required", "log out with the session token; revoke API tokens instead"))
+		return
+	}
+	res, err := a.cfg.Service.EndSession(c, a.meta(c), p.user.ID, p.tokenID)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, res.Seq)
+	c.Status(http.StatusNoContent)
+}
+
+func (a *API) getUser(c *gin.Context) {
+	u := caller(c).user
+	c.JSON(http.StatusOK, userJSON{Email: u.Email, Name: u.Name, PersonalOrgSlug: u.PersonalOrgSlug, UUID: u.ID})
+}
+
+type updateUserRequest struct {
+	Name *string `json:"name"`
+}
+
+func (a *API) updateUser(c *gin.Context) {
+	var req updateUserRequest
+	if err := decodeJSON(c, &req, false); err != nil {
+		a.abort(c, err)
+		return
+	}
+	if err := required("name", req.Name); err != nil {
+		a.abort(c, err)
+		return
+	}
+	view, res, err := a.cfg.Service.Rename(c, a.meta(c), caller(c).user.ID, *req.Name)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, res.Seq)
+	c.JSON(http.StatusOK, userOf(view))
+}
+
+func (a *API) deleteUser(c *gin.Context) {
+	res, err := a.cfg.Service.DeleteUser(c, a.meta(c), caller(c).user.ID)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, res.Seq)
+	c.Status(http.StatusNoContent)
+}
+
+func (a *API) listTokens(c *gin.Context) {
+	rows, err := a.cfg.ReadModel.Tokens(c, caller(c).user.ID)
+	if err != nil {
+		a.abort(c, unavailableError{err})
+		return
+	}
+	out := make([]apiTokenJSON, len(rows))
+	for i, t := range rows {
+		last := t.LastUsedAt
+		if at, ok := a.cfg.Usage.Pending(t.ID); ok && (last == nil || at.After(*last)) {
+			u := at.UTC()
+			last = &u
+		}
+		out[i] = apiTokenJSON{ID: t.ID, Description: t.Description, CreatedAt: t.CreatedAt.UTC(), ExpiresAt: t.ExpiresAt, LastUsedAt: last}
+	}
+	c.JSON(http.StatusOK, gin.H{"api_tokens": out})
+}
+
+type createTokenRequest struct {
+	Description *string    `json:"description"`
+	ExpiresAt   *time.Time `json:"expires_at"`
+}
+
+func (a *API) createToken(c *gin.Context) {
+	var req createTokenRequest
+	if err := decodeJSON(c, &req, true); err != nil {
+		if ae, ok := err.(*apiError); ok && strings.Contains(ae.message, "time") { //nolint:errorlint // our own type, never wrapped
+			err = fail("invalid_expires_at", "expires_at must be an RFC 3339 date-time such as 2030-01-02T15:04:05Z, or null")
+		}
+		a.abort(c, err)
+		return
+	}
+	key, err := idempotencyKey(c)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	in := domain.CreateToken{ExpiresAt: req.ExpiresAt, IdempotencyKey: key}
+	if req.Description != nil {
+		in.Description = *req.Description
+	}
+	out, err := a.cfg.Service.CreateToken(c, a.meta(c), caller(c).user.ID, in)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, out.Seq)
+	t := out.Token
+	c.JSON(http.StatusCreated, gin.H{
+		"api_token": apiTokenJSON{ID: t.ID, Description: t.Description, CreatedAt: t.CreatedAt.UTC(), ExpiresAt: t.ExpiresAt},
+		"token":     out.Secret,
+	})
+}
+
+func (a *API) revokeToken(c *gin.Context) {
+	id, err := uuid.Parse(c.Param("id"))
+	if err != nil || len(c.Param("id")) != 36 {
+		a.abort(c, fail("invalid_id", "the API token id must be a UUID"))
+		return
+	}
+	res, err := a.cfg.Service.RevokeToken(c, a.meta(c), caller(c).user.ID, id)
+	if err != nil {
+		a.abort(c, err)
+		return
+	}
+	a.settle(c, res.Seq)
+	c.Status(http.StatusNoContent)
+}
+
+// errorDocs renders the error catalog; every doc_url points at an anchor here.
+func (a *API) errorDocs(c *gin.Context) {
+	var b strings.Builder
+	b.WriteString(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>identityd errors</title>` +
+		`<style>body{font-family:system-ui,sans-serif;max-width:50rem;margin:2rem auto;padding:0 1rem}code{background:#eee;padding:0 .2em}</style>` +
+		`</head><body><h1>identityd error codes</h1><p>Every error is answered as <code>{"error":{"type","code","message","doc_url","request_id"}}</code>. ` +
+		`<code>request_id</code> equals the <code>X-Request-Id</code> response header; quote it when reporting a problem.</p>`)
+	for _, code := range sortedCodes() {
+		e := codes[code]
+		fmt.Fprintf(&b, `<h2 id="%s"><code>%s</code></h2><p>HTTP %d %s · type <code>%s</code></p><p><strong>%s.</strong> %s</p>`,
+			code, code, e.Status, http.StatusText(e.Status), e.Type, html.EscapeString(e.Title), html.EscapeString(e.Help))
+	}
+	b.WriteString(`</body></html>`)
+	c.Data(http.StatusOK, "text/html; charset=utf-8", []byte(b.String()))
+}

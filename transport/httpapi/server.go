@@ -1,0 +1,178 @@
+package httpapi
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"log/slog"
+	"net/http"
+	"regexp"
+	"time"
+
+	"github.com/gin-gonic/gin"
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/projections"
+)
+
+// OpenAPI is the API's OpenAPI 3.0 document.
+//
+//go:embed openapi.yaml
+var OpenAPI []byte
+
+// ReadModel is what the API reads: credentials for authentication and the token list.
+type ReadModel interface {
+	APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error)
+	SessionByDigest(ctx context.Context, digest string) (projections.Credential, error)
+	Tokens(ctx context.Context, userID uuid.UUID) ([]projections.Token, error)
+}
+
+// Barrier waits until the read model includes a stream sequence (read-your-writes).
+type Barrier interface {
+	WaitFor(ctx context.Context, seq uint64) error
+}
+
+// Usage records and reports token use.
+type Usage interface {
+	Touch(id uuid.UUID, at time.Time)
+	Pending(id uuid.UUID) (time.Time, bool)
+}
+
+// Config wires the API to the domain and the read side.
+type Config struct {
+	Service   *domain.Service
+	ReadModel ReadModel
+	Barrier   Barrier
+	Usage     Usage
+	// Ready reports whether the backing services answer (for /readyz).
+	Ready func(ctx context.Context) error
+	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
+	PublicURL string
+	// ConsistencyTimeout bounds the read-your-writes wait after a write (default 5s).
+	ConsistencyTimeout time.Duration
+	Logger             *slog.Logger
+	Now                func() time.Time
+}
+
+func (c *Config) fill() {
+	if c.ConsistencyTimeout <= 0 {
+		c.ConsistencyTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Ready == nil {
+		c.Ready = func(context.Context) error { return nil }
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c Config) Validate() error {
+	if c.Service == nil || c.ReadModel == nil || c.Barrier == nil || c.Usage == nil {
+		return errors.New("httpapi: Service, ReadModel, Barrier and Usage are required")
+	}
+	return nil
+}
+
+// API is the HTTP API.
+type API struct {
+	cfg    Config
+	engine *gin.Engine
+}
+
+// New builds the API's router.
+func New(cfg Config) (*API, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	e.HandleMethodNotAllowed = true
+	e.ContextWithFallback = true
+	a := &API{cfg: cfg, engine: e}
+	e.Use(a.withRequestID, a.accessLog, a.recover)
+	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
+	e.NoMethod(func(c *gin.Context) {
+		a.abort(c, fail("method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path))
+	})
+
+	e.GET("/healthz", func(c *gin.Context) { c.JSON(http.StatusOK, gin.H{"status": "ok"}) })
+	e.GET("/readyz", a.readyz)
+	e.GET("/api/v0/openapi.yaml", func(c *gin.Context) { c.Data(http.StatusOK, "application/yaml", OpenAPI) })
+	e.GET("/docs/errors", a.errorDocs)
+
+	v0 := e.Group("/api/v0")
+	v0.POST("/users", a.signUp)
+	v0.POST("/sessions", a.logIn)
+	authed := v0.Group("", a.authenticate)
+	authed.DELETE("/sessions/current", a.logOut)
+	authed.GET("/user", a.getUser)
+	authed.PATCH("/user", a.updateUser)
+	authed.DELETE("/user", a.deleteUser)
+	authed.GET("/user/api-tokens", a.listTokens)
+	authed.POST("/user/api-tokens", a.createToken)
+	authed.DELETE("/user/api-tokens/:id", a.revokeToken)
+	return a, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.engine.ServeHTTP(w, r) }
+
+var validRequestID = regexp.MustCompile(`^[A-Za-z0-9._:\-]{1,128}$`)
+
+const requestIDKey = "request_id"
+
+// withRequestID accepts a well-formed incoming X-Request-Id or makes one, and echoes it.
+func (a *API) withRequestID(c *gin.Context) {
+	id := c.GetHeader("X-Request-Id")
+	if !validRequestID.MatchString(id) {
+		id = "req_" + uuid.Must(uuid.NewV7()).String()
+	}
+	c.Set(requestIDKey, id)
+	c.Header("X-Request-Id", id)
+	c.Next()
+}
+
+func requestID(c *gin.Context) string { return c.GetString(requestIDKey) }
+
+// accessLog logs one line per request: never the Authorization header nor bodies.
+func (a *API) accessLog(c *gin.Context) {
+	start := time.Now()
+	c.Next()
+	route := c.FullPath()
+	if route == "" {
+		route = "(unmatched)"
+	}
+	a.cfg.Logger.Debug("http", "method", c.Request.Method, "route", route, "status", c.Writer.Status(),
+		"duration_ms", float64(time.Since(start).Microseconds())/1000, "request_id", requestID(c))
+}
+
+// recover turns a panic into a 500 in the envelope.
+func (a *API) recover(c *gin.Context) {
+	defer func() {
+		if r := recover(); r != nil {
+			if r == http.ErrAbortHandler { //nolint:errorlint // sentinel re-panicked by contract
+				panic(r)
+			}
+			a.cfg.Logger.Error("panic", "request_id", requestID(c), "panic", r)
+			a.abort(c, fail("internal_error", "internal error"))
+		}
+	}()
+	c.Next()
+}
+
+func (a *API) readyz(c *gin.Context) {
+	ctx, cancel := context.WithTimeout(c, 2*time.Second)
+	defer cancel()
+	if err := a.cfg.Ready(ctx); err != nil {
+		a.cfg.Logger.Warn("not ready", "err", err)
+		a.abort(c, fail("service_unavailable", "not ready: "+err.Error()))
+		return
+	}
+	c.JSON(http.StatusOK, gin.H{"status": "ok"})
+}
