@@ -44,8 +44,10 @@ type Expectation struct {
 
 // EventStore is the port to the event stream.
 type EventStore interface {
-	// Load returns an aggregate's events in order; none for a new aggregate.
-	Load(ctx context.Context, agg events.Aggregate) ([]events.Envelope, error)
+	// Load returns an aggregate's events stored after stream sequence `after`, in order: all of
+	// them with after = 0, none for a new aggregate. A cached aggregate catches up with
+	// after = its version, which costs one round trip when nothing changed.
+	Load(ctx context.Context, agg events.Aggregate, after uint64) ([]events.Envelope, error)
 	// Append stores the changes atomically, all or none, if every expectation holds, and
 	// returns the stream sequence of the last one. A failed expectation is ErrVersionConflict.
 	// Changes are numbered consecutively, so change i is at lastSeq-len(changes)+1+i.
@@ -83,7 +85,8 @@ func (c *ServiceConfig) fill() {
 		c.MaxAttempts = 20
 	}
 	if c.Now == nil {
-		c.Now = time.Now
+		// Microseconds: what PostgreSQL keeps, so a time reads back as it was written.
+		c.Now = func() time.Time { return time.Now().UTC().Truncate(time.Microsecond) }
 	}
 }
 
@@ -475,13 +478,26 @@ func (s *Service) read(ctx context.Context, id uuid.UUID, f func(*User) error) e
 	return f(u)
 }
 
+// loadUser returns the user's current state: a cached aggregate caught up with the events
+// stored since it was cached (by this or another instance), or a fresh fold of its history.
+// Decisions are thus never taken on stale state; a write racing in between is caught by the
+// append's expectation.
 func (s *Service) loadUser(ctx context.Context, id uuid.UUID, fresh bool) (*User, error) {
 	if !fresh {
 		if u := s.cache.get(id); u != nil {
+			newer, err := s.store.Load(ctx, events.UserAggregate(id), u.version)
+			if err != nil {
+				s.cache.drop(id)
+				return nil, fmt.Errorf("load user %s: %w", id, err)
+			}
+			for _, e := range newer {
+				u.apply(e.Data)
+				u.version = e.Sequence
+			}
 			return u, nil
 		}
 	}
-	history, err := s.store.Load(ctx, events.UserAggregate(id))
+	history, err := s.store.Load(ctx, events.UserAggregate(id), 0)
 	if err != nil {
 		return nil, fmt.Errorf("load user %s: %w", id, err)
 	}
@@ -493,7 +509,7 @@ func (s *Service) loadUser(ctx context.Context, id uuid.UUID, fresh bool) (*User
 }
 
 func (s *Service) loadEmail(ctx context.Context, normalized string) (*EmailClaim, error) {
-	history, err := s.store.Load(ctx, events.EmailAggregate(normalized))
+	history, err := s.store.Load(ctx, events.EmailAggregate(normalized), 0)
 	if err != nil {
 		return nil, fmt.Errorf("load email claim: %w", err)
 	}

@@ -280,8 +280,8 @@ type directGetRequest struct {
 const loadBatch = 256
 
 // Load implements domain.EventStore with batched direct gets (no consumer is created).
-func (s *Store) Load(ctx context.Context, agg events.Aggregate) ([]events.Envelope, error) {
-	return s.Read(ctx, agg.Filter(), 1, 0)
+func (s *Store) Load(ctx context.Context, agg events.Aggregate, after uint64) ([]events.Envelope, error) {
+	return s.Read(ctx, agg.Filter(), after+1, 0)
 }
 
 // Read returns the events matching a subject filter from stream sequence `from` on, at most

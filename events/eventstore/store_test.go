@@ -45,7 +45,7 @@ func TestAppendAndLoad(t *testing.T) {
 	id := uuid.New()
 	agg := events.UserAggregate(id)
 
-	got, err := st.Load(ctx, agg)
+	got, err := st.Load(ctx, agg, 0)
 	if err != nil || len(got) != 0 {
 		t.Fatalf("empty aggregate: %v %v", got, err)
 	}
@@ -83,7 +83,7 @@ func TestAppendAndLoad(t *testing.T) {
 	if !errors.Is(err, domain.ErrVersionConflict) {
 		t.Fatalf("want conflict, got %v", err)
 	}
-	hist, err := st.Load(ctx, agg)
+	hist, err := st.Load(ctx, agg, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +138,7 @@ func TestReadPagesThroughLongHistories(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	hist, err := st.Load(ctx, agg)
+	hist, err := st.Load(ctx, agg, 0)
 	if err != nil || len(hist) != 600 || hist[599].Sequence != v {
 		t.Fatalf("loaded %d events (err %v)", len(hist), err)
 	}

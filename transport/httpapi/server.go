@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/gin-gonic/gin"
@@ -119,6 +120,10 @@ func New(cfg Config) (*API, error) {
 	authed.DELETE("/user/api-tokens/:id", a.revokeToken)
 	return a, nil
 }
+
+// SetPublicURL changes the base URL of doc_url links, for servers whose address is known only
+// after they listen. Call it before serving.
+func (a *API) SetPublicURL(u string) { a.cfg.PublicURL = strings.TrimRight(u, "/") }
 
 // ServeHTTP implements http.Handler.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.engine.ServeHTTP(w, r) }

@@ -1,0 +1,374 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/dbtest"
+)
+
+// TestUserJourney walks the whole API on every read-model backend: sign-up, profile, tokens,
+// revocation, sessions and deletion, with every response checked against openapi.yaml.
+func TestUserJourney(t *testing.T) {
+	for _, b := range dbtest.Backends {
+		t.Run(b.Name, func(t *testing.T) {
+			e := newEnv(t, b)
+			in := e.start()
+			base := in.url
+
+			session, userID := signUp(t, base, "  Ada@Example.com ", "Ada Lovelace")
+			r := call(t, base, "GET", "/api/v0/user", session, nil)
+			mustStatus(t, r, 200)
+			u := r.json(t)
+			if u["email"] != "ada@example.com" || u["name"] != "Ada Lovelace" || u["uuid"] != userID ||
+				!strings.HasPrefix(u["personal_org_slug"].(string), "ada-lovelace-") {
+				t.Fatalf("user = %v", u)
+			}
+
+			r = call(t, base, "PATCH", "/api/v0/user", session, map[string]string{"name": "Ada King"})
+			mustStatus(t, r, 200)
+			if r.json(t)["name"] != "Ada King" {
+				t.Fatalf("rename answered %s", r.Body)
+			}
+			if got := call(t, base, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Ada King" {
+				t.Fatalf("read after rename: %v", got)
+			}
+
+			exp := time.Now().Add(48 * time.Hour).UTC().Truncate(time.Second)
+			r = call(t, base, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "laptop", "expires_at": exp})
+			mustStatus(t, r, 201)
+			created := r.json(t)
+			apiToken := created["token"].(string)
+			tokID := created["api_token"].(map[string]any)["id"].(string)
+			if created["api_token"].(map[string]any)["expires_at"] != exp.Format(time.RFC3339) {
+				t.Fatalf("expires_at = %v", created["api_token"])
+			}
+
+			// The new token works at once, and its use shows as last_used_at.
+			mustStatus(t, call(t, base, "GET", "/api/v0/user", apiToken, nil), 200)
+			r = call(t, base, "GET", "/api/v0/user/api-tokens", session, nil)
+			mustStatus(t, r, 200)
+			list := r.json(t)["api_tokens"].([]any)
+			if len(list) != 1 || list[0].(map[string]any)["id"] != tokID || list[0].(map[string]any)["last_used_at"] == nil {
+				t.Fatalf("list = %s", r.Body)
+			}
+
+			// Revoked: refused on the very next request.
+			mustStatus(t, call(t, base, "DELETE", "/api/v0/user/api-tokens/"+tokID, session, nil), 204)
+			r = call(t, base, "GET", "/api/v0/user", apiToken, nil)
+			mustStatus(t, r, 401)
+			if r.errCode(t) != "invalid_api_token" {
+				t.Fatalf("revoked token: %s", r.Body)
+			}
+			if n := len(call(t, base, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
+				t.Fatalf("%d tokens listed after revoke", n)
+			}
+
+			// Log out and in again.
+			r = call(t, base, "POST", "/api/v0/sessions", "", map[string]string{"email": "ada@example.com", "password": "wrong password"})
+			mustStatus(t, r, 401)
+			if r.errCode(t) != "invalid_credentials" {
+				t.Fatal(string(r.Body))
+			}
+			r = call(t, base, "POST", "/api/v0/sessions", "", map[string]string{"email": "ADA@example.com", "password": "correct horse battery"})
+			mustStatus(t, r, 201)
+			session2 := r.json(t)["token"].(string)
+			mustStatus(t, call(t, base, "DELETE", "/api/v0/sessions/current", session, nil), 204)
+			mustStatus(t, call(t, base, "GET", "/api/v0/user", session, nil), 401)
+			mustStatus(t, call(t, base, "GET", "/api/v0/user", session2, nil), 200)
+
+			// Delete: every token of the user is refused at once, the email is free again.
+			r = call(t, base, "POST", "/api/v0/user/api-tokens", session2, map[string]any{})
+			mustStatus(t, r, 201)
+			apiToken2 := r.json(t)["token"].(string)
+			mustStatus(t, call(t, base, "DELETE", "/api/v0/user", session2, nil), 204)
+			mustStatus(t, call(t, base, "GET", "/api/v0/user", session2, nil), 401)
+			mustStatus(t, call(t, base, "GET", "/api/v0/user", apiToken2, nil), 401)
+			_, newID := signUp(t, base, "ada@example.com", "Ada Again")
+			if newID == userID {
+				t.Fatal("a new account reused the deleted user's id")
+			}
+
+			// The stream holds the history; no secret is in it.
+			all, err := e.store().Read(context.Background(), events.SubjectRoot+".>", 1, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range all {
+				raw := fmt.Sprintf("%+v", ev.Data)
+				for _, secret := range []string{session, session2, apiToken, apiToken2, "correct horse battery"} {
+					if strings.Contains(raw, secret) {
+						t.Fatalf("secret found in event %s", ev.Type)
+					}
+				}
+			}
+			if all[0].Type != events.TypeEmailClaimed || all[1].Type != events.TypeUserRegistered || all[1].Metadata.RequestID == "" {
+				t.Fatalf("first events: %+v %+v", all[0], all[1])
+			}
+		})
+	}
+}
+
+// TestConcurrentRenames: 50 renames of one user at once. Every acknowledged rename is in the
+// stream, and the read model ends at the stream's last one.
+func TestConcurrentRenames(t *testing.T) {
+	e := postgresEnv(t)
+	in := e.start()
+	token, userID := signUp(t, in.url, "grace@example.com", "Grace")
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			name := fmt.Sprintf("Grace %02d", i)
+			r := call(t, in.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name})
+			switch r.Status {
+			case 200:
+				mu.Lock()
+				acked[name] = true
+				mu.Unlock()
+			case 409:
+			default:
+				t.Errorf("rename: %d %s", r.Status, r.Body)
+			}
+		}(i)
+	}
+	wg.Wait()
+	hist, err := e.store().Load(context.Background(), events.UserAggregate(uuid.MustParse(userID)), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inStream := map[string]bool{}
+	last := ""
+	for _, ev := range hist {
+		if r, ok := ev.Data.(events.UserRenamed); ok {
+			inStream[r.Name] = true
+			last = r.Name
+		}
+	}
+	for name := range acked {
+		if !inStream[name] {
+			t.Errorf("acknowledged rename %q is not in the stream", name)
+		}
+	}
+	if len(acked) < 40 {
+		t.Errorf("only %d of 50 renames succeeded", len(acked))
+	}
+	got := call(t, in.url, "GET", "/api/v0/user", token, nil).json(t)["name"]
+	if got != last {
+		t.Fatalf("read model has %v, stream's last rename is %q", got, last)
+	}
+}
+
+// TestConcurrentSignUpsOneEmail: of many sign-ups with one address at once, exactly one wins.
+func TestConcurrentSignUpsOneEmail(t *testing.T) {
+	e := postgresEnv(t)
+	a, b := e.start(), e.start()
+	var wins, taken int
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			base := []string{a.url, b.url}[i%2]
+			r := call(t, base, "POST", "/api/v0/users", "", map[string]string{"email": "same@example.com", "name": fmt.Sprint("N", i), "password": "password123"})
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case r.Status == 201:
+				wins++
+			case r.Status == 409 && r.errCode(t) == "email_taken":
+				taken++
+			default:
+				t.Errorf("sign-up: %d %s", r.Status, r.Body)
+			}
+		}(i)
+	}
+	wg.Wait()
+	if wins != 1 || taken != 7 {
+		t.Fatalf("%d sign-ups won and %d were refused; want 1 and 7", wins, taken)
+	}
+}
+
+// TestTwoInstancesReadYourWrites: a write answered by one instance is seen by the next
+// request on the other, including revocations.
+func TestTwoInstancesReadYourWrites(t *testing.T) {
+	e := postgresEnv(t)
+	a, b := e.start(), e.start()
+	token, _ := signUp(t, a.url, "hopper@example.com", "Hopper")
+	mustStatus(t, call(t, b.url, "GET", "/api/v0/user", token, nil), 200)
+	for i := 0; i < 15; i++ {
+		w, r := a, b
+		if i%2 == 1 {
+			w, r = b, a
+		}
+		name := fmt.Sprint("Hopper ", i)
+		mustStatus(t, call(t, w.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
+		if got := call(t, r.url, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
+			t.Fatalf("round %d: other instance reads %v, want %q", i, got, name)
+		}
+		res := call(t, w.url, "POST", "/api/v0/user/api-tokens", token, map[string]any{"description": name})
+		mustStatus(t, res, 201)
+		secret := res.json(t)["token"].(string)
+		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
+		mustStatus(t, call(t, r.url, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, r.url, "DELETE", "/api/v0/user/api-tokens/"+id, token, nil), 204)
+		mustStatus(t, call(t, w.url, "GET", "/api/v0/user", secret, nil), 401)
+	}
+}
+
+// TestRevokedTokenRefusedAtOnce: no window in which a revoked or expired token still works.
+func TestRevokedTokenRefusedAtOnce(t *testing.T) {
+	e := postgresEnv(t)
+	in := e.start()
+	session, _ := signUp(t, in.url, "lamarr@example.com", "Hedy")
+	for i := 0; i < 25; i++ {
+		r := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(i)})
+		mustStatus(t, r, 201)
+		secret := r.json(t)["token"].(string)
+		id := r.json(t)["api_token"].(map[string]any)["id"].(string)
+		mustStatus(t, call(t, in.url, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		if r := call(t, in.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 || r.errCode(t) != "invalid_api_token" {
+			t.Fatalf("round %d: revoked token answered %d %s", i, r.Status, r.Body)
+		}
+	}
+	// Another user's token id answers exactly like an unknown one.
+	other, _ := signUp(t, in.url, "other@example.com", "Other")
+	r := call(t, in.url, "POST", "/api/v0/user/api-tokens", other, map[string]any{})
+	otherID := r.json(t)["api_token"].(map[string]any)["id"].(string)
+	a := call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+otherID, session, nil)
+	u := call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+uuid.NewString(), session, nil)
+	if a.Status != 404 || u.Status != 404 || a.errCode(t) != u.errCode(t) {
+		t.Fatalf("other's token: %d %s; unknown: %d %s", a.Status, a.Body, u.Status, u.Body)
+	}
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", r.json(t)["token"].(string), nil), 200)
+}
+
+// TestIdempotencyKey: a retried create with the same key returns the first answer.
+func TestIdempotencyKey(t *testing.T) {
+	e := postgresEnv(t)
+	in := e.start()
+	body := map[string]string{"email": "turing@example.com", "name": "Alan", "password": "enigma machine"}
+	first := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
+	again := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
+	mustStatus(t, first, 201)
+	mustStatus(t, again, 201)
+	if string(first.Body) != string(again.Body) {
+		t.Fatalf("replayed sign-up differs:\n%s\n%s", first.Body, again.Body)
+	}
+	body["name"] = "Someone Else"
+	if r := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1"); r.Status != 409 || r.errCode(t) != "idempotency_key_reused" {
+		t.Fatalf("reused key: %d %s", r.Status, r.Body)
+	}
+	session := first.json(t)["token"].(string)
+	t1 := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
+	t2 := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
+	mustStatus(t, t1, 201)
+	if string(t1.Body) != string(t2.Body) {
+		t.Fatalf("replayed token create differs:\n%s\n%s", t1.Body, t2.Body)
+	}
+	if n := len(call(t, in.url, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 1 {
+		t.Fatalf("%d tokens after a replayed create", n)
+	}
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", t1.json(t)["token"].(string), nil), 200)
+}
+
+// TestBadInput: hostile and malformed requests get the right 4xx in the envelope, never a 500.
+func TestBadInput(t *testing.T) {
+	e := postgresEnv(t)
+	in := e.start()
+	session, _ := signUp(t, in.url, "knuth@example.com", "Donald")
+	long := strings.Repeat("x", 101)
+	cases := []struct {
+		name, method, path, token string
+		body                      any
+		headers                   []string
+		status                    int
+		code                      string
+	}{
+		{"malformed json", "POST", "/api/v0/users", "", `{"email":`, nil, 400, "invalid_json"},
+		{"not an object", "POST", "/api/v0/users", "", `[1,2]`, nil, 400, "invalid_request"},
+		{"trailing data", "PATCH", "/api/v0/user", session, `{"name":"a"} {}`, nil, 400, "invalid_json"},
+		{"unknown field", "PATCH", "/api/v0/user", session, `{"name":"a","admin":true}`, nil, 400, "invalid_request"},
+		{"wrong type", "PATCH", "/api/v0/user", session, `{"name":42}`, nil, 400, "invalid_request"},
+		{"null name", "PATCH", "/api/v0/user", session, `{"name":null}`, nil, 400, "invalid_request"},
+		{"empty name", "PATCH", "/api/v0/user", session, `{"name":"   "}`, nil, 400, "invalid_name"},
+		{"overlong name", "PATCH", "/api/v0/user", session, `{"name":"` + long + `"}`, nil, 400, "invalid_name"},
+		{"control chars", "PATCH", "/api/v0/user", session, `{"name":"a\u0000b"}`, nil, 400, "invalid_name"},
+		{"invalid utf-8", "PATCH", "/api/v0/user", session, []byte("{\"name\":\"\xff\xfe\"}"), nil, 400, "invalid_json"},
+		{"empty body", "PATCH", "/api/v0/user", session, "", nil, 400, "invalid_json"},
+		{"oversized body", "PATCH", "/api/v0/user", session, `{"name":"` + strings.Repeat("a", 70<<10) + `"}`, nil, 413, "request_too_large"},
+		{"deep json", "PATCH", "/api/v0/user", session, strings.Repeat("[", 20000) + strings.Repeat("]", 20000), nil, 400, "invalid_json"},
+		{"wrong content type", "PATCH", "/api/v0/user", session, `{"name":"a"}`, []string{"Content-Type", "text/plain"}, 415, "unsupported_media_type"},
+		{"bad email", "POST", "/api/v0/users", "", `{"email":"nope","name":"a","password":"password123"}`, nil, 400, "invalid_email"},
+		{"short password", "POST", "/api/v0/users", "", `{"email":"a@b.co","name":"a","password":"short"}`, nil, 400, "invalid_password"},
+		{"missing field", "POST", "/api/v0/users", "", `{"email":"a@b.co","name":"a"}`, nil, 400, "invalid_request"},
+		{"taken email", "POST", "/api/v0/users", "", `{"email":"KNUTH@example.com","name":"a","password":"password123"}`, nil, 409, "email_taken"},
+		{"sql injection as email", "POST", "/api/v0/sessions", "", `{"email":"' OR 1=1 --","password":"x"}`, nil, 401, "invalid_credentials"},
+		{"past expiry", "POST", "/api/v0/user/api-tokens", session, `{"expires_at":"2001-01-01T00:00:00Z"}`, nil, 400, "invalid_expires_at"},
+		{"bad expiry", "POST", "/api/v0/user/api-tokens", session, `{"expires_at":"tomorrow"}`, nil, 400, "invalid_expires_at"},
+		{"long description", "POST", "/api/v0/user/api-tokens", session, `{"description":"` + strings.Repeat("d", 201) + `"}`, nil, 400, "invalid_description"},
+		{"bad idempotency key", "POST", "/api/v0/user/api-tokens", session, `{}`, []string{"Idempotency-Key", "has space"}, 400, "invalid_idempotency_key"},
+		{"bad uuid", "DELETE", "/api/v0/user/api-tokens/not-a-uuid", session, nil, nil, 400, "invalid_id"},
+		{"unknown token id", "DELETE", "/api/v0/user/api-tokens/" + uuid.NewString(), session, nil, nil, 404, "token_not_found"},
+		{"no token", "GET", "/api/v0/user", "", nil, nil, 401, "missing_api_token"},
+		{"malformed token", "GET", "/api/v0/user", "idt_notavalidtoken", nil, nil, 401, "invalid_api_token"},
+		{"checksum mismatch", "GET", "/api/v0/user", session[:len(session)-1] + "0", nil, nil, 401, "invalid_api_token"},
+		{"basic auth", "GET", "/api/v0/user", "", nil, []string{"Authorization", "Basic YTpi"}, 401, "invalid_api_token"},
+		{"unknown path", "GET", "/api/v0/nope", session, nil, nil, 404, "not_found"},
+		{"wrong method", "PUT", "/api/v0/user", session, `{}`, nil, 405, "method_not_allowed"},
+		{"api token for logout", "DELETE", "/api/v0/sessions/current", "", nil, nil, 401, "missing_api_token"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := call(t, in.url, c.method, c.path, c.token, c.body, c.headers...)
+			if r.Status != c.status || r.errCode(t) != c.code {
+				t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, c.status, c.code)
+			}
+		})
+	}
+	// Nothing was half-written: the user is unchanged.
+	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Donald" {
+		t.Fatalf("name after bad input: %v", got)
+	}
+	// A hostile X-Request-Id is replaced, not echoed.
+	r := call(t, in.url, "GET", "/api/v0/user", "", nil, "X-Request-Id", "evil <script> value")
+	if strings.ContainsAny(r.Header.Get("X-Request-Id"), "<> ") {
+		t.Fatalf("request id echoed: %q", r.Header.Get("X-Request-Id"))
+	}
+	if r := call(t, in.url, "GET", "/api/v0/user", "", nil, "X-Request-Id", "trace-123"); r.Header.Get("X-Request-Id") != "trace-123" {
+		t.Fatalf("a well-formed request id was not kept: %q", r.Header.Get("X-Request-Id"))
+	}
+}
+
+// TestServiceDocs: the OpenAPI document and the error docs are served.
+func TestServiceDocs(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	in := e.start()
+	r := call(t, in.url, "GET", "/api/v0/openapi.yaml", "", nil)
+	mustStatus(t, r, 200)
+	if !strings.Contains(string(r.Body), "openapi: 3.0") {
+		t.Fatal("openapi.yaml not served")
+	}
+	r = call(t, in.url, "GET", "/docs/errors", "", nil)
+	mustStatus(t, r, 200)
+	for code := range map[string]bool{"invalid_api_token": true, "missing_api_token": true, "email_taken": true} {
+		if !strings.Contains(string(r.Body), `id="`+code+`"`) {
+			t.Errorf("error docs lack %s", code)
+		}
+	}
+	mustStatus(t, call(t, in.url, "GET", "/healthz", "", nil), http.StatusOK)
+	mustStatus(t, call(t, in.url, "GET", "/readyz", "", nil), http.StatusOK)
+}

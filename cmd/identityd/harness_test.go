@@ -1,0 +1,241 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/gorillamux"
+	"github.com/nats-io/nats.go"
+
+	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections/dbtest"
+	"github.com/identityd/identityd/transport/httpapi"
+)
+
+// env is one deployment for a test: a real NATS JetStream server (in-process, random port,
+// temp dir) and a real read-model database, shared by every instance the test starts.
+type env struct {
+	t       *testing.T
+	natsURL string
+	dbURL   string
+	secret  []byte
+}
+
+func newEnv(t *testing.T, backend dbtest.Backend) *env {
+	t.Helper()
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	return &env{t: t, natsURL: srv.ClientURL(), dbURL: backend.URL(t), secret: bytes.Repeat([]byte{7}, 32)}
+}
+
+func postgresEnv(t *testing.T) *env { return newEnv(t, dbtest.Backends[0]) }
+
+// instance is one identityd process's worth of wiring, served over real HTTP.
+type instance struct {
+	app *app
+	url string
+}
+
+func (e *env) start() *instance {
+	e.t.Helper()
+	cfg := config{
+		HTTPAddr: "127.0.0.1:0", DataDir: e.t.TempDir(), NATSURL: e.natsURL, NATSReplicas: 1,
+		DatabaseURL: e.dbURL, SecretKey: e.secret, LogLevel: slog.LevelWarn,
+		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
+	}
+	a, err := newApp(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	hs := httptest.NewServer(a.api)
+	a.api.SetPublicURL(hs.URL)
+	e.t.Cleanup(func() { hs.Close(); a.close() })
+	return &instance{app: a, url: hs.URL}
+}
+
+// store opens the event store directly, as an auditor would.
+func (e *env) store() *eventstore.Store {
+	e.t.Helper()
+	nc, err := nats.Connect(e.natsURL)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
+// response is an HTTP answer that has already been checked against the OpenAPI document.
+type response struct {
+	Status int
+	Header http.Header
+	Body   []byte
+}
+
+func (r response) json(t *testing.T) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.Body, &m); err != nil {
+		t.Fatalf("body is not a JSON object: %v: %s", err, r.Body)
+	}
+	return m
+}
+
+// errCode returns error.code of an error envelope, checking the envelope's invariants.
+func (r response) errCode(t *testing.T) string {
+	t.Helper()
+	e, ok := r.json(t)["error"].(map[string]any)
+	if !ok {
+		t.Fatalf("status %d without error envelope: %s", r.Status, r.Body)
+	}
+	if e["request_id"] != r.Header.Get("X-Request-Id") || e["request_id"] == "" {
+		t.Fatalf("request_id %v != X-Request-Id %q", e["request_id"], r.Header.Get("X-Request-Id"))
+	}
+	if !strings.HasSuffix(e["doc_url"].(string), "/docs/errors#"+e["code"].(string)) {
+		t.Fatalf("doc_url %v does not lead to the code's docs", e["doc_url"])
+	}
+	return e["code"].(string)
+}
+
+var (
+	specOnce   sync.Once
+	specDoc    *openapi3.T
+	specRouter routers.Router
+	specErr    error
+)
+
+func spec(t *testing.T) (*openapi3.T, routers.Router) {
+	t.Helper()
+	specOnce.Do(func() {
+		openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.RegisteredBodyDecoder("text/plain"))
+		loader := openapi3.NewLoader()
+		specDoc, specErr = loader.LoadFromData(httpapi.OpenAPI)
+		if specErr != nil {
+			return
+		}
+		if specErr = specDoc.Validate(loader.Context); specErr != nil {
+			return
+		}
+		specDoc.Servers = nil // match any host: test servers listen on random ports
+		specRouter, specErr = gorillamux.NewRouter(specDoc)
+	})
+	if specErr != nil {
+		t.Fatalf("openapi.yaml: %v", specErr)
+	}
+	return specDoc, specRouter
+}
+
+// call sends a request and validates the response against the OpenAPI document: its status,
+// headers and body must be what the document promises for that operation (or, for paths the
+// document does not have, an error envelope).
+func call(t *testing.T, base, method, path, token string, body any, headers ...string) response {
+	t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		raw, err := json.Marshal(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequest(method, base+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	raw, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := response{Status: res.StatusCode, Header: res.Header, Body: raw}
+	validate(t, req, out)
+	return out
+}
+
+func validate(t *testing.T, req *http.Request, res response) {
+	t.Helper()
+	if res.Header.Get("X-Request-Id") == "" {
+		t.Errorf("%s %s: no X-Request-Id header", req.Method, req.URL.Path)
+	}
+	doc, router := spec(t)
+	vreq := req.Clone(context.Background())
+	vreq.URL = &url.URL{Path: req.URL.Path, RawQuery: req.URL.RawQuery}
+	route, params, err := router.FindRoute(vreq)
+	if err != nil { // not in the document: must be an error envelope
+		var v any
+		if err := json.Unmarshal(res.Body, &v); err != nil {
+			t.Fatalf("%s %s → %d: not JSON: %s", req.Method, req.URL.Path, res.Status, res.Body)
+		}
+		if err := doc.Components.Schemas["ErrorResponse"].Value.VisitJSON(v); err != nil {
+			t.Fatalf("%s %s → %d: not an ErrorResponse: %v", req.Method, req.URL.Path, res.Status, err)
+		}
+		return
+	}
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: vreq, PathParams: params, Route: route},
+		Status:                 res.Status,
+		Header:                 res.Header,
+		Body:                   io.NopCloser(bytes.NewReader(res.Body)),
+		Options:                &openapi3filter.Options{IncludeResponseStatus: true, MultiError: true},
+	}
+	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+		t.Fatalf("%s %s → %d does not match openapi.yaml: %v\nbody: %s", req.Method, req.URL.Path, res.Status, err, res.Body)
+	}
+}
+
+// signUp creates a user and returns its session token and id.
+func signUp(t *testing.T, base, email, name string) (token, id string) {
+	t.Helper()
+	r := call(t, base, "POST", "/api/v0/users", "", map[string]string{"email": email, "name": name, "password": "correct horse battery"})
+	if r.Status != http.StatusCreated {
+		t.Fatalf("sign-up %s: %d %s", email, r.Status, r.Body)
+	}
+	m := r.json(t)
+	return m["token"].(string), m["user"].(map[string]any)["uuid"].(string)
+}
+
+func mustStatus(t *testing.T, r response, want int) {
+	t.Helper()
+	if r.Status != want {
+		t.Fatalf("status %d, want %d: %s", r.Status, want, r.Body)
+	}
+}
