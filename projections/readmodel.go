@@ -45,7 +45,9 @@ type Credential struct {
 }
 
 // Expired reports whether the credential has expired at now.
-func (c Credential) Expired(now time.Time) bool { return c.ExpiresAt != nil && !now.Before(*c.ExpiresAt) }
+func (c Credential) Expired(now time.Time) bool {
+	return c.ExpiresAt != nil && !now.Before(*c.ExpiresAt)
+}
 
 // APITokenByDigest resolves a live API token's digest, with its user, in one query.
 func (r *ReadModel) APITokenByDigest(ctx context.Context, digest string) (Credential, error) {

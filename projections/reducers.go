@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/events"
@@ -44,12 +45,18 @@ var reducers = map[events.Type]reducer{
 			ID: ev.TokenID, UserID: ev.UserID, Description: ev.Description, Digest: ev.Digest,
 			CreatedAt: ev.CreatedAt.UTC(), ExpiresAt: utcPtr(ev.ExpiresAt),
 		}).ModelTableExpr(t.Tokens()).Exec(ctx)
-		return err
+		if err != nil {
+			return err
+		}
+		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
 	},
 	events.TypeTokenRevoked: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
 		ev := e.Data.(events.TokenRevoked)
 		_, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID).Exec(ctx)
-		return err
+		if err != nil {
+			return err
+		}
+		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
 	},
 	events.TypeSessionStarted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
 		ev := e.Data.(events.SessionStarted)
@@ -57,12 +64,18 @@ var reducers = map[events.Type]reducer{
 			ID: ev.SessionID, UserID: ev.UserID, Digest: ev.Digest,
 			CreatedAt: ev.StartedAt.UTC(), ExpiresAt: ev.ExpiresAt.UTC(),
 		}).ModelTableExpr(t.Sessions()).Exec(ctx)
-		return err
+		if err != nil {
+			return err
+		}
+		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
 	},
 	events.TypeSessionEnded: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
 		ev := e.Data.(events.SessionEnded)
 		_, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID).Exec(ctx)
-		return err
+		if err != nil {
+			return err
+		}
+		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
 	},
 	events.TypeUserDeleted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
 		ev := e.Data.(events.UserDeleted)
@@ -77,6 +90,14 @@ var reducers = map[events.Type]reducer{
 		}
 		return nil
 	},
+}
+
+// bumpVersion records that the user's aggregate moved to seq without a profile change, so a
+// user row's version is always its aggregate's last stream sequence.
+func bumpVersion(ctx context.Context, tx bun.IDB, t Tables, user uuid.UUID, seq uint64) error {
+	_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
+		Set("version = ?", seq).Where("id = ?", user).Exec(ctx)
+	return err
 }
 
 // applyBatch applies the events after the checkpoint and moves the checkpoint, in one

@@ -41,7 +41,8 @@ type UserRow struct {
 	PersonalOrgSlug string    `bun:"personal_org_slug,notnull"`
 	CreatedAt       time.Time `bun:"created_at,notnull"`
 	UpdatedAt       time.Time `bun:"updated_at,notnull"`
-	// Version is the stream sequence of the last event applied to the row.
+	// Version is the stream sequence of the user aggregate's last event (profile, password,
+	// token or session), the same number the domain expects when it appends.
 	Version uint64 `bun:"version,notnull"`
 }
 
