@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"flag"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := loadConfig(nil, func(string) string { return "" }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "127.0.0.1:8080" || c.DataDir != "./data" || c.NATSURL != "" || c.DatabaseURL != "" ||
+		c.NATSListen != "127.0.0.1:14222" || c.PublicURL != "http://127.0.0.1:8080" || c.SessionTTL != 720*time.Hour {
+		t.Fatalf("defaults = %+v", c)
+	}
+}
+
+func TestConfigEnvAndFlags(t *testing.T) {
+	env := map[string]string{
+		"IDENTITYD_HTTP_ADDR":    "0.0.0.0:9000",
+		"IDENTITYD_NATS_URL":     "nats://nats:4222",
+		"IDENTITYD_DATABASE_URL": "postgres://u@db/identityd",
+		"IDENTITYD_SECRET_KEY":   strings.Repeat("ab", 32),
+	}
+	c, err := loadConfig([]string{"--http-addr", "127.0.0.1:9999"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "127.0.0.1:9999" || c.NATSURL != "nats://nats:4222" || c.DatabaseURL != "postgres://u@db/identityd" || len(c.SecretKey) != 32 {
+		t.Fatalf("config = %+v", c)
+	}
+}
+
+func TestConfigRejectsBadValues(t *testing.T) {
+	env := map[string]string{
+		"IDENTITYD_SECRET_KEY":    "short",
+		"IDENTITYD_SESSION_TTL":   "forever",
+		"IDENTITYD_NATS_REPLICAS": "0",
+		"IDENTITYD_LOG_LEVEL":     "loud",
+	}
+	_, err := loadConfig(nil, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err == nil {
+		t.Fatal("bad configuration accepted")
+	}
+	for _, name := range []string{"IDENTITYD_SECRET_KEY", "IDENTITYD_SESSION_TTL", "IDENTITYD_NATS_REPLICAS", "IDENTITYD_LOG_LEVEL"} {
+		if !strings.Contains(err.Error(), name) {
+			t.Errorf("error does not name %s: %v", name, err)
+		}
+	}
+}
+
+func TestHelpListsEveryVariable(t *testing.T) {
+	var out bytes.Buffer
+	_, err := loadConfig([]string{"--help"}, func(string) string { return "" }, &out)
+	if !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("--help: %v", err)
+	}
+	for _, s := range settings {
+		if !strings.Contains(out.String(), s.env) || !strings.Contains(out.String(), "-"+s.flag) {
+			t.Errorf("--help lacks %s / --%s", s.env, s.flag)
+		}
+	}
+}
