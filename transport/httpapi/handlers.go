@@ -53,7 +53,7 @@ func (a *API) settle(c *gin.Context, seq uint64) {
 	if seq == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(c, a.cfg.ConsistencyTimeout)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), a.cfg.ConsistencyTimeout)
 	defer cancel()
 	if err := a.cfg.Barrier.WaitFor(ctx, seq); err != nil {
 		a.cfg.Logger.Warn("read model lagging behind a write", "seq", seq, "request_id", requestID(c), "err", err)
@@ -84,7 +84,7 @@ func (a *API) signUp(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	out, err := a.cfg.Service.SignUp(c, a.meta(c), domain.SignUp{Email: *req.Email, Name: *req.Name, Password: *req.Password, IdempotencyKey: key})
+	out, err := a.cfg.Service.SignUp(c.Request.Context(), a.meta(c), domain.SignUp{Email: *req.Email, Name: *req.Name, Password: *req.Password, IdempotencyKey: key})
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -117,7 +117,7 @@ func (a *API) logIn(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	out, err := a.cfg.Service.LogIn(c, a.meta(c), domain.LogIn{Email: *req.Email, Password: *req.Password, IdempotencyKey: key})
+	out, err := a.cfg.Service.LogIn(c.Request.Context(), a.meta(c), domain.LogIn{Email: *req.Email, Password: *req.Password, IdempotencyKey: key})
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -132,7 +132,7 @@ func (a *API) logOut(c *gin.Context) {
 		a.abort(c, fail("session_token_required", "log out with the session token; revoke API tokens instead"))
 		return
 	}
-	res, err := a.cfg.Service.EndSession(c, a.meta(c), p.user.ID, p.tokenID)
+	res, err := a.cfg.Service.EndSession(c.Request.Context(), a.meta(c), p.user.ID, p.tokenID)
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -160,7 +160,7 @@ func (a *API) updateUser(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	view, res, err := a.cfg.Service.Rename(c, a.meta(c), caller(c).user.ID, *req.Name)
+	view, res, err := a.cfg.Service.Rename(c.Request.Context(), a.meta(c), caller(c).user.ID, *req.Name)
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -170,7 +170,7 @@ func (a *API) updateUser(c *gin.Context) {
 }
 
 func (a *API) deleteUser(c *gin.Context) {
-	res, err := a.cfg.Service.DeleteUser(c, a.meta(c), caller(c).user.ID)
+	res, err := a.cfg.Service.DeleteUser(c.Request.Context(), a.meta(c), caller(c).user.ID)
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -180,7 +180,7 @@ func (a *API) deleteUser(c *gin.Context) {
 }
 
 func (a *API) listTokens(c *gin.Context) {
-	rows, err := a.cfg.ReadModel.Tokens(c, caller(c).user.ID)
+	rows, err := a.cfg.ReadModel.Tokens(c.Request.Context(), caller(c).user.ID)
 	if err != nil {
 		a.abort(c, unavailableError{err})
 		return
@@ -220,7 +220,7 @@ func (a *API) createToken(c *gin.Context) {
 	if req.Description != nil {
 		in.Description = *req.Description
 	}
-	out, err := a.cfg.Service.CreateToken(c, a.meta(c), caller(c).user.ID, in)
+	out, err := a.cfg.Service.CreateToken(c.Request.Context(), a.meta(c), caller(c).user.ID, in)
 	if err != nil {
 		a.abort(c, err)
 		return
@@ -239,7 +239,7 @@ func (a *API) revokeToken(c *gin.Context) {
 		a.abort(c, fail("invalid_id", "the API token id must be a UUID"))
 		return
 	}
-	res, err := a.cfg.Service.RevokeToken(c, a.meta(c), caller(c).user.ID, id)
+	res, err := a.cfg.Service.RevokeToken(c.Request.Context(), a.meta(c), caller(c).user.ID, id)
 	if err != nil {
 		a.abort(c, err)
 		return

@@ -94,7 +94,6 @@ func New(cfg Config) (*API, error) {
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
-	e.ContextWithFallback = true
 	a := &API{cfg: cfg, engine: e}
 	e.Use(a.withRequestID, a.accessLog, a.recover)
 	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
@@ -172,7 +171,7 @@ func (a *API) recover(c *gin.Context) {
 }
 
 func (a *API) readyz(c *gin.Context) {
-	ctx, cancel := context.WithTimeout(c, 2*time.Second)
+	ctx, cancel := context.WithTimeout(c.Request.Context(), 2*time.Second)
 	defer cancel()
 	if err := a.cfg.Ready(ctx); err != nil {
 		a.cfg.Logger.Warn("not ready", "err", err)
