@@ -66,6 +66,10 @@ func verifyPassword(phc, pw string) (bool, error) {
 	if _, err := fmt.Sscanf(parts[3], "m=%d,t=%d,p=%d", &p.MemoryKiB, &p.Time, &p.Threads); err != nil {
 		return false, errBadHash
 	}
+	// Bounds keep a corrupt or hostile hash from panicking argon2 or exhausting memory.
+	if p.Time < 1 || p.Time > 16 || p.Threads < 1 || p.MemoryKiB < 8 || p.MemoryKiB > 1<<20 {
+		return false, errBadHash
+	}
 	enc := base64.RawStdEncoding
 	salt, err := enc.DecodeString(parts[4])
 	if err != nil {

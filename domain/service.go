@@ -181,6 +181,14 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 	if err != nil {
 		return SignedUp{}, err
 	}
+	if scope != "" {
+		// The key was used before for an account that no longer holds the address (deleted).
+		if u, err := s.loadUser(ctx, userID, true); err != nil {
+			return SignedUp{}, err
+		} else if u.exists && !u.active() {
+			return SignedUp{}, ErrIdempotencyKeyReused
+		}
+	}
 	for attempt := 1; ; attempt++ {
 		claim, err := s.loadEmail(ctx, email)
 		if err != nil {

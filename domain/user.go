@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"crypto/sha256"
 	"encoding/base32"
 	"errors"
 	"strings"
@@ -107,9 +108,11 @@ func newUser(r registration) (*User, error) {
 	return u, nil
 }
 
-// personalOrgSlug is a readable, unique slug: the name's slug plus 60 bits of the user id.
+// personalOrgSlug is a readable, unique slug: the name's slug plus 60 bits of a hash of the
+// user id (a hash, because the leading bits of a v7 id are a timestamp).
 func personalOrgSlug(name string, id uuid.UUID) string {
-	suffix := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(id[:8]))
+	sum := sha256.Sum256(id[:])
+	suffix := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(sum[:8]))
 	return slugify(name) + "-" + suffix[:12]
 }
 
