@@ -91,7 +91,7 @@ func TestEmailClaimHidesAddress(t *testing.T) {
 	if err := c.claim(testUserID); err != nil {
 		t.Fatal(err)
 	}
-	e := c.changes[0].(events.EmailClaimed)
+	e, _ := c.changes[0].(events.EmailClaimed)
 	if e.EmailHash != Digest("ada@example.com") || e.UserID != testUserID {
 		t.Errorf("EmailHash = %q, want the SHA-256 of the normalized address", e.EmailHash)
 	}

@@ -545,7 +545,9 @@ type userCache struct {
 	m   map[uuid.UUID]*User
 }
 
-func newUserCache(max int) *userCache { return &userCache{max: max, m: make(map[uuid.UUID]*User)} }
+func newUserCache(capacity int) *userCache {
+	return &userCache{max: capacity, m: make(map[uuid.UUID]*User)}
+}
 
 func (c *userCache) get(id uuid.UUID) *User {
 	c.mu.Lock()

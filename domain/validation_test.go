@@ -24,9 +24,9 @@ func TestNormalizeEmail(t *testing.T) {
 	t.Parallel()
 	// 64 + 1 + 189 = 254 characters: the longest accepted address.
 	longDomain := strings.Repeat("d", 59) + "." + strings.Repeat("e", 60) + "." + strings.Repeat("f", 60) + ".example"
-	max := strings.Repeat("l", 64) + "@" + longDomain
-	if len(max) != 254 {
-		t.Fatalf("test setup: len(max) = %d", len(max))
+	longest := strings.Repeat("l", 64) + "@" + longDomain
+	if len(longest) != 254 {
+		t.Fatalf("test setup: len(longest) = %d", len(longest))
 	}
 	tests := []struct {
 		in   string
@@ -36,8 +36,8 @@ func TestNormalizeEmail(t *testing.T) {
 		{"Ada@Example.COM", "ada@example.com"},
 		{"  ada@example.com\t\n", "ada@example.com"},
 		{"ada.lovelace+tag@mail.example.co.uk", "ada.lovelace+tag@mail.example.co.uk"},
-		{max, max},
-		{strings.ToUpper(max), max},
+		{longest, longest},
+		{strings.ToUpper(longest), longest},
 		{"", ""},
 		{"   ", ""},
 		{"ada", ""},
@@ -53,7 +53,7 @@ func TestNormalizeEmail(t *testing.T) {
 		{"ada lovelace@x.io", ""},
 		{"ada@x.io\x00", ""},
 		{"ada\xff@x.io", ""},
-		{"l" + max, ""}, // 255 characters
+		{"l" + longest, ""}, // 255 characters
 	}
 	for _, tc := range tests {
 		t.Run(tc.in, func(t *testing.T) {

@@ -102,11 +102,11 @@ func Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, e
 	}
 	at, err := time.Parse(time.RFC3339Nano, h.Get(HeaderTime))
 	if err != nil {
-		return Envelope{}, fmt.Errorf("%w: seq %d: bad %s: %v", ErrUndecodable, seq, HeaderTime, err)
+		return Envelope{}, fmt.Errorf("%w: seq %d: bad %s: %w", ErrUndecodable, seq, HeaderTime, err)
 	}
 	payload, err := dec(data)
 	if err != nil {
-		return Envelope{}, fmt.Errorf("%w: seq %d (%s): %v", ErrUndecodable, seq, typ, err)
+		return Envelope{}, fmt.Errorf("%w: seq %d (%s): %w", ErrUndecodable, seq, typ, err)
 	}
 	return Envelope{
 		ID:        h.Get(HeaderID),

@@ -134,6 +134,15 @@ func newProjector(t *testing.T, db *bun.DB, js jetstream.JetStream, batch int) (
 	return p, done
 }
 
+// stopProjector closes a projector and checks that Run ended cleanly.
+func stopProjector(t *testing.T, p *projections.Projector, done chan error) {
+	t.Helper()
+	_ = p.Close()
+	if err := <-done; err != nil {
+		t.Errorf("projector run: %v", err)
+	}
+}
+
 // TestProjectorSurvivesCrashes kills projectors mid-batch (their database connections cut
 // under them, then the process's projector dropped) again and again while the stream grows;
 // a fresh projector then catches up, and the read model equals the fold of the stream:
@@ -154,8 +163,7 @@ func TestProjectorSurvivesCrashes(t *testing.T) {
 				p, done := newProjector(t, db, st.JetStream(), 50)
 				time.Sleep(time.Duration(20+rand.IntN(60)) * time.Millisecond)
 				_ = db.Close() // the crash: every statement from here on fails mid-batch
-				_ = p.Close()
-				<-done
+				stopProjector(t, p, done)
 				positions = append(positions, p.Position())
 			}
 			t.Logf("checkpoints after each crash: %v of %d", positions, last)
@@ -174,8 +182,7 @@ func TestProjectorSurvivesCrashes(t *testing.T) {
 			if err != nil || pos != last {
 				t.Fatalf("checkpoint %d (err %v), stream ends at %d", pos, err, last)
 			}
-			_ = p.Close()
-			<-done
+			stopProjector(t, p, done)
 		})
 	}
 }
@@ -197,9 +204,8 @@ func TestTwoProjectorsShareOneDatabase(t *testing.T) {
 		}
 	}
 	checkFold(t, db1, f)
-	_, _ = p1.Close(), p2.Close()
-	<-d1
-	<-d2
+	stopProjector(t, p1, d1)
+	stopProjector(t, p2, d2)
 }
 
 // TestPoisonEventIsSetAside: an event no reducer can decode goes to the poison stream and the
@@ -208,7 +214,7 @@ func TestPoisonEventIsSetAside(t *testing.T) {
 	st, nc := startStream(t)
 	db := dbtest.Open(t, dbtest.SQLiteURL(t))
 	p, done := newProjector(t, db, st.JetStream(), 100)
-	defer func() { _ = p.Close(); <-done }()
+	defer stopProjector(t, p, done)
 	bad := nats.NewMsg("identity.user." + uuid.NewString() + ".renamed")
 	bad.Header.Set(events.HeaderType, string(events.TypeUserRenamed))
 	bad.Header.Set(events.HeaderTime, "not a time")

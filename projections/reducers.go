@@ -13,34 +13,41 @@ import (
 // reducer applies one event to the read model inside the batch's transaction.
 type reducer func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error
 
+// on adapts a reducer of one payload type to the table's signature.
+func on[T events.Event](f func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev T) error) reducer {
+	return func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+		ev, ok := e.Data.(T)
+		if !ok {
+			return fmt.Errorf("%w: %s carries %T", errPoison, e.Type, e.Data)
+		}
+		return f(ctx, tx, t, e, ev)
+	}
+}
+
 // reducers is the users projection: event type → change to the read model. Event types not
 // listed (email claims) do not concern it.
 var reducers = map[events.Type]reducer{
-	events.TypeUserRegistered: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.UserRegistered)
+	events.TypeUserRegistered: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserRegistered) error {
 		_, err := tx.NewInsert().Model(&UserRow{
 			ID: ev.UserID, Email: ev.Email, Name: ev.Name, PersonalOrgSlug: ev.PersonalOrgSlug,
 			CreatedAt: ev.RegisteredAt.UTC(), UpdatedAt: e.Time.UTC(), Version: e.Sequence,
 		}).ModelTableExpr(t.Users()).Exec(ctx)
 		return err
-	},
-	events.TypeUserRenamed: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.UserRenamed)
+	}),
+	events.TypeUserRenamed: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserRenamed) error {
 		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
 			Set("name = ?", ev.Name).Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
 			Where("id = ?", ev.UserID).Exec(ctx)
 		return err
-	},
-	events.TypePasswordSet: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+	}),
+	events.TypePasswordSet: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.PasswordSet) error {
 		// The hash stays in the stream and the aggregate; the read model only notes the change.
-		ev := e.Data.(events.PasswordSet)
 		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
 			Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
 			Where("id = ?", ev.UserID).Exec(ctx)
 		return err
-	},
-	events.TypeTokenCreated: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.TokenCreated)
+	}),
+	events.TypeTokenCreated: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.TokenCreated) error {
 		_, err := tx.NewInsert().Model(&TokenRow{
 			ID: ev.TokenID, UserID: ev.UserID, Description: ev.Description, Digest: ev.Digest,
 			CreatedAt: ev.CreatedAt.UTC(), ExpiresAt: utcPtr(ev.ExpiresAt),
@@ -49,17 +56,15 @@ var reducers = map[events.Type]reducer{
 			return err
 		}
 		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
-	},
-	events.TypeTokenRevoked: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.TokenRevoked)
+	}),
+	events.TypeTokenRevoked: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.TokenRevoked) error {
 		_, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID).Exec(ctx)
 		if err != nil {
 			return err
 		}
 		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
-	},
-	events.TypeSessionStarted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.SessionStarted)
+	}),
+	events.TypeSessionStarted: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.SessionStarted) error {
 		_, err := tx.NewInsert().Model(&SessionRow{
 			ID: ev.SessionID, UserID: ev.UserID, Digest: ev.Digest,
 			CreatedAt: ev.StartedAt.UTC(), ExpiresAt: ev.ExpiresAt.UTC(),
@@ -68,17 +73,15 @@ var reducers = map[events.Type]reducer{
 			return err
 		}
 		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
-	},
-	events.TypeSessionEnded: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.SessionEnded)
+	}),
+	events.TypeSessionEnded: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.SessionEnded) error {
 		_, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID).Exec(ctx)
 		if err != nil {
 			return err
 		}
 		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
-	},
-	events.TypeUserDeleted: func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
-		ev := e.Data.(events.UserDeleted)
+	}),
+	events.TypeUserDeleted: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserDeleted) error {
 		for _, q := range []*bun.DeleteQuery{
 			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id = ?", ev.UserID),
 			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id = ?", ev.UserID),
@@ -89,7 +92,7 @@ var reducers = map[events.Type]reducer{
 			}
 		}
 		return nil
-	},
+	}),
 }
 
 // bumpVersion records that the user's aggregate moved to seq without a profile change, so a

@@ -99,7 +99,7 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 					break drain
 				}
 			}
-			for _, msg := range s.messages(raw) {
+			for _, msg := range s.messages(ctx, raw) {
 				if !s.deliver(ctx, out, msg) {
 					return
 				}
@@ -111,13 +111,13 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 
 // messages decodes raw messages into batches; an undecodable one travels alone as a poison
 // message (payload and headers kept) so it ends in the poison queue instead of blocking.
-func (s *streamSubscriber) messages(raw []jetstream.Msg) []*message.Message {
+func (s *streamSubscriber) messages(ctx context.Context, raw []jetstream.Msg) []*message.Message {
 	var out []*message.Message
 	var batch []events.Envelope
 	flush := func() {
 		if len(batch) > 0 {
 			m := message.NewMessage(watermill.NewUUID(), nil)
-			m.SetContext(context.WithValue(context.Background(), batchKey{}, batch))
+			m.SetContext(context.WithValue(ctx, batchKey{}, batch))
 			out = append(out, m)
 			batch = nil
 		}
@@ -177,7 +177,7 @@ func (s *streamSubscriber) deliver(ctx context.Context, out chan<- *message.Mess
 		}
 		backoff = min(2*backoff, 5*time.Second)
 		next := msg.Copy()
-		next.SetContext(msg.Context())
+		next.SetContext(msg.Context()) //nolint:contextcheck // the redelivered copy carries the same batch
 		msg = next
 	}
 }

@@ -20,10 +20,12 @@ type UsageTracker struct {
 	pending map[uuid.UUID]time.Time
 	stop    chan struct{}
 	done    chan struct{}
+	once    sync.Once
 }
 
-// NewUsageTracker starts a tracker that flushes every interval (default 1s).
-func NewUsageTracker(rm *ReadModel, interval time.Duration, logger *slog.Logger) *UsageTracker {
+// NewUsageTracker starts a tracker that flushes every interval (default 1s) until Close; ctx
+// carries values for its writes (its cancellation does not stop the tracker, Close does).
+func NewUsageTracker(ctx context.Context, rm *ReadModel, interval time.Duration, logger *slog.Logger) *UsageTracker {
 	if interval <= 0 {
 		interval = time.Second
 	}
@@ -32,7 +34,7 @@ func NewUsageTracker(rm *ReadModel, interval time.Duration, logger *slog.Logger)
 	}
 	t := &UsageTracker{rm: rm, interval: interval, logger: logger, pending: map[uuid.UUID]time.Time{},
 		stop: make(chan struct{}), done: make(chan struct{})}
-	go t.loop()
+	go t.loop(context.WithoutCancel(ctx))
 	return t
 }
 
@@ -53,16 +55,16 @@ func (t *UsageTracker) Pending(id uuid.UUID) (time.Time, bool) {
 	return at, ok
 }
 
-func (t *UsageTracker) loop() {
+func (t *UsageTracker) loop(ctx context.Context) {
 	defer close(t.done)
 	tick := time.NewTicker(t.interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-tick.C:
-			t.Flush(context.Background())
+			t.Flush(ctx)
 		case <-t.stop:
-			t.Flush(context.Background())
+			t.Flush(ctx)
 			return
 		}
 	}
@@ -91,8 +93,8 @@ func (t *UsageTracker) Flush(ctx context.Context) {
 	}
 }
 
-// Close flushes and stops the tracker.
+// Close flushes and stops the tracker. It is safe to call more than once.
 func (t *UsageTracker) Close() {
-	close(t.stop)
+	t.once.Do(func() { close(t.stop) })
 	<-t.done
 }

@@ -29,7 +29,7 @@ func TestUserJourney(t *testing.T) {
 			mustStatus(t, r, 200)
 			u := r.json(t)
 			if u["email"] != "ada@example.com" || u["name"] != "Ada Lovelace" || u["uuid"] != userID ||
-				!strings.HasPrefix(u["personal_org_slug"].(string), "ada-lovelace-") {
+				!strings.HasPrefix(fmt.Sprint(u["personal_org_slug"]), "ada-lovelace-") {
 				t.Fatalf("user = %v", u)
 			}
 

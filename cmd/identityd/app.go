@@ -109,7 +109,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		return nil, err
 	}
 	rm := projections.NewReadModel(a.db, projections.CurrentTables)
-	a.usage = projections.NewUsageTracker(rm, time.Second, logger)
+	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: rm, Barrier: a.projector, Usage: a.usage,
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
@@ -134,7 +134,9 @@ func (a *app) close() {
 	if a.projector != nil {
 		_ = a.projector.Close()
 		if a.runDone != nil {
-			<-a.runDone
+			if err := <-a.runDone; err != nil {
+				a.logger.Warn("projector stopped with an error", "err", err)
+			}
 		}
 	}
 	if a.usage != nil {

@@ -64,16 +64,17 @@ func (a *API) authenticate(c *gin.Context) {
 	c.Next()
 }
 
+// caller is the principal set by authenticate; routes without it are never behind it.
 func caller(c *gin.Context) principal {
 	p, _ := c.Get(principalKey)
-	return p.(principal)
+	pr, _ := p.(principal)
+	return pr
 }
 
 // meta is the event metadata of a command made by this request.
 func (a *API) meta(c *gin.Context) events.Metadata {
 	m := events.Metadata{RequestID: requestID(c), Actor: "anonymous"}
-	if p, ok := c.Get(principalKey); ok {
-		pr := p.(principal)
+	if pr, ok := c.Value(principalKey).(principal); ok {
 		m.Actor = "user:" + pr.user.ID.String() + "/" + pr.kind.String() + ":" + pr.tokenID.String()
 	}
 	return m
