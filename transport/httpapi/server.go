@@ -94,6 +94,8 @@ func New(cfg Config) (*API, error) {
 	gin.SetMode(gin.ReleaseMode)
 	e := gin.New()
 	e.HandleMethodNotAllowed = true
+	e.RedirectTrailingSlash = false // a 404 in the envelope beats a redirect clients may not follow
+	e.RedirectFixedPath = false
 	a := &API{cfg: cfg, engine: e}
 	e.Use(a.withRequestID, a.accessLog, a.recover)
 	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
