@@ -19,6 +19,7 @@ type EmailClaim struct {
 	owner   uuid.UUID
 	claimed bool
 	version uint64
+	chain   string
 	changes []events.Event
 }
 
@@ -26,7 +27,7 @@ func loadEmailClaim(normalized string, history []events.Envelope) *EmailClaim {
 	c := &EmailClaim{agg: events.EmailAggregate(normalized)}
 	for _, e := range history {
 		c.apply(e.Data)
-		c.version = e.Sequence
+		c.version, c.chain = e.Sequence, e.ChainHash
 	}
 	return c
 }

@@ -33,13 +33,17 @@ type Change struct {
 	ID    uuid.UUID
 	At    time.Time
 	Event events.Event
+	// Chain is filled in by EventStore.Append: the event's chain hash (events.ChainHash).
+	Chain string
 }
 
 // Expectation asks the store to append only if the aggregate's last event is still at Version
-// (0: the aggregate has no events yet).
+// (0: the aggregate has no events yet). Chain is that event's chain hash ("" for none); the
+// aggregate's new events are chained to it.
 type Expectation struct {
 	Aggregate events.Aggregate
 	Version   uint64
+	Chain     string
 }
 
 // EventStore is the port to the event stream.
@@ -50,7 +54,8 @@ type EventStore interface {
 	Load(ctx context.Context, agg events.Aggregate, after uint64) ([]events.Envelope, error)
 	// Append stores the changes atomically, all or none, if every expectation holds, and
 	// returns the stream sequence of the last one. A failed expectation is ErrVersionConflict.
-	// Changes are numbered consecutively, so change i is at lastSeq-len(changes)+1+i.
+	// Changes are numbered consecutively, so change i is at lastSeq-len(changes)+1+i. Each
+	// change's Chain is set to its chain hash.
 	Append(ctx context.Context, meta events.Metadata, expect []Expectation, changes []Change) (lastSeq uint64, err error)
 }
 
@@ -212,7 +217,7 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 		u.startSession(sessionID, Digest(token), now, s.cfg.SessionTTL)
 		changes := s.changes(scope, now, claim.changes, u.changes)
 		seq, err := s.store.Append(ctx, meta, []Expectation{
-			{Aggregate: claim.agg, Version: claim.version},
+			{Aggregate: claim.agg, Version: claim.version, Chain: claim.chain},
 			{Aggregate: events.UserAggregate(userID), Version: 0},
 		}, changes)
 		if errors.Is(err, ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
@@ -224,7 +229,7 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 		if err != nil {
 			return SignedUp{}, err
 		}
-		u.version, u.changes = seq, nil
+		u.committed(seq, changes)
 		s.cache.put(u)
 		return SignedUp{Result: Result{Seq: seq}, User: u.View(), Session: u.sessionView(sessionID), Token: token}, nil
 	}
@@ -410,8 +415,8 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Metadata, userID u
 		claim.release(userID)
 		now := s.cfg.Now()
 		seq, err := s.store.Append(ctx, meta, []Expectation{
-			{Aggregate: events.UserAggregate(userID), Version: u.version},
-			{Aggregate: claim.agg, Version: claim.version},
+			{Aggregate: events.UserAggregate(userID), Version: u.version, Chain: u.chain},
+			{Aggregate: claim.agg, Version: claim.version, Chain: claim.chain},
 		}, s.changes("", now, u.changes, claim.changes))
 		s.cache.drop(userID)
 		if errors.Is(err, ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
@@ -451,8 +456,8 @@ func (s *Service) update(ctx context.Context, meta events.Metadata, scope string
 			}
 			return Result{Seq: u.version}, nil
 		}
-		seq, err := s.store.Append(ctx, meta, []Expectation{{Aggregate: events.UserAggregate(id), Version: u.version}},
-			s.changes(scope, s.cfg.Now(), u.changes))
+		changes := s.changes(scope, s.cfg.Now(), u.changes)
+		seq, err := s.store.Append(ctx, meta, []Expectation{{Aggregate: events.UserAggregate(id), Version: u.version, Chain: u.chain}}, changes)
 		if err != nil {
 			s.cache.drop(id)
 			if errors.Is(err, ErrVersionConflict) {
@@ -463,7 +468,7 @@ func (s *Service) update(ctx context.Context, meta events.Metadata, scope string
 			}
 			return Result{}, err
 		}
-		u.version, u.changes = seq, nil
+		u.committed(seq, changes)
 		s.cache.put(u)
 		if view != nil {
 			view(u)
@@ -500,7 +505,7 @@ func (s *Service) loadUser(ctx context.Context, id uuid.UUID, fresh bool) (*User
 			}
 			for _, e := range newer {
 				u.apply(e.Data)
-				u.version = e.Sequence
+				u.version, u.chain = e.Sequence, e.ChainHash
 			}
 			return u, nil
 		}

@@ -52,7 +52,7 @@ func TestMemStore(t *testing.T) {
 	}
 	st := newMemStore()
 	ctx := context.Background()
-	seq, err := st.Append(ctx, testMeta, []Expectation{{u1, 0}, {u2, 0}}, []Change{ev(testUserID), ev(testToken1), ev(testUserID)})
+	seq, err := st.Append(ctx, testMeta, []Expectation{{Aggregate: u1}, {Aggregate: u2}}, []Change{ev(testUserID), ev(testToken1), ev(testUserID)})
 	if err != nil || seq != 3 {
 		t.Fatalf("first append = %d, %v; want 3", seq, err)
 	}
@@ -63,10 +63,10 @@ func TestMemStore(t *testing.T) {
 		wantErr error
 		wantSeq uint64
 	}{
-		{"stale version", []Expectation{{u1, 1}}, []Change{ev(testUserID)}, ErrVersionConflict, 0},
-		{"one of two stale: all or none", []Expectation{{u1, 3}, {u2, 0}}, []Change{ev(testUserID), ev(testToken1)}, ErrVersionConflict, 0},
-		{"new aggregate must be 0", []Expectation{{events.UserAggregate(testToken2), 3}}, []Change{ev(testToken2)}, ErrVersionConflict, 0},
-		{"current versions", []Expectation{{u1, 3}, {u2, 2}}, []Change{ev(testToken1), ev(testUserID)}, nil, 5},
+		{"stale version", []Expectation{{Aggregate: u1, Version: 1}}, []Change{ev(testUserID)}, ErrVersionConflict, 0},
+		{"one of two stale: all or none", []Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 0}}, []Change{ev(testUserID), ev(testToken1)}, ErrVersionConflict, 0},
+		{"new aggregate must be 0", []Expectation{{Aggregate: events.UserAggregate(testToken2), Version: 3}}, []Change{ev(testToken2)}, ErrVersionConflict, 0},
+		{"current versions", []Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 2}}, []Change{ev(testToken1), ev(testUserID)}, nil, 5},
 	}
 	for _, tc := range tests { // sequential: each row sees the store the previous left
 		seq, err := st.Append(ctx, testMeta, tc.expect, tc.changes)
@@ -663,7 +663,7 @@ func TestRetryAfterVersionConflict(t *testing.T) {
 		{
 			name: "rename after a rival rename",
 			rival: func(id uuid.UUID) events.Event {
-				return events.UserRenamed{Versioned: events.V(), UserID: id, OldName: "Ada Lovelace", Name: "Rival"}
+				return events.Renamed(id, "Ada Lovelace", "Rival")
 			},
 			run: func(s *Service, id uuid.UUID) error {
 				v, _, err := s.Rename(ctx, testMeta, id, "Ada King")
@@ -678,7 +678,7 @@ func TestRetryAfterVersionConflict(t *testing.T) {
 				}
 				h, _ := st.Load(ctx, events.UserAggregate(id), 0)
 				last := h[len(h)-1].Data.(events.UserRenamed)
-				if last.OldName != "Rival" || last.Name != "Ada King" {
+				if last.Changes["name"].Before != "Rival" || last.Name != "Ada King" {
 					t.Errorf("last event %+v: the retry must decide on the rival's state", last)
 				}
 			},
@@ -686,7 +686,7 @@ func TestRetryAfterVersionConflict(t *testing.T) {
 		{
 			name: "rename to the rival's name",
 			rival: func(id uuid.UUID) events.Event {
-				return events.UserRenamed{Versioned: events.V(), UserID: id, OldName: "Ada Lovelace", Name: "Ada King"}
+				return events.Renamed(id, "Ada Lovelace", "Ada King")
 			},
 			run: func(s *Service, id uuid.UUID) error {
 				_, _, err := s.Rename(ctx, testMeta, id, "Ada King")
@@ -704,7 +704,7 @@ func TestRetryAfterVersionConflict(t *testing.T) {
 		{
 			name: "delete after a rival rename",
 			rival: func(id uuid.UUID) events.Event {
-				return events.UserRenamed{Versioned: events.V(), UserID: id, OldName: "Ada Lovelace", Name: "Rival"}
+				return events.Renamed(id, "Ada Lovelace", "Rival")
 			},
 			run: func(s *Service, id uuid.UUID) error { _, err := s.DeleteUser(ctx, testMeta, id); return err },
 			check: func(t *testing.T, st *memStore, id uuid.UUID, err error) {

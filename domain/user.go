@@ -36,6 +36,7 @@ type User struct {
 	tokens    map[uuid.UUID]*apiToken
 	sessions  map[uuid.UUID]*session
 	version   uint64 // stream sequence of the last applied event; 0 for a new aggregate
+	chain     string // chain hash of that event
 	changes   []events.Event
 }
 
@@ -125,9 +126,20 @@ func loadUser(id uuid.UUID, history []events.Envelope) *User {
 	u := emptyUser(id)
 	for _, e := range history {
 		u.apply(e.Data)
-		u.version = e.Sequence
+		u.version, u.chain = e.Sequence, e.ChainHash
 	}
 	return u
+}
+
+// committed records that the pending changes were stored, the last of them at seq.
+func (u *User) committed(seq uint64, stored []Change) {
+	for i := len(stored) - 1; i >= 0; i-- {
+		if stored[i].Event.Aggregate() == events.UserAggregate(u.id) {
+			u.chain = stored[i].Chain
+			break
+		}
+	}
+	u.version, u.changes = seq, nil
 }
 
 // active reports whether the account exists and was not deleted.
@@ -157,7 +169,7 @@ func (u *User) rename(name string) error {
 	if n == u.name {
 		return nil
 	}
-	u.raise(events.UserRenamed{Versioned: events.V(), UserID: u.id, OldName: u.name, Name: n})
+	u.raise(events.Renamed(u.id, u.name, n))
 	return nil
 }
 

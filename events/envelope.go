@@ -2,11 +2,14 @@ package events
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 )
@@ -28,6 +31,14 @@ const (
 	// HeaderRequestID is a CloudEvents extension: the X-Request-Id of the HTTP request that
 	// caused the event.
 	HeaderRequestID = "ce-requestid"
+	// HeaderSourceIP is a CloudEvents extension: the client address of that request.
+	HeaderSourceIP = "ce-sourceip"
+	// HeaderUserAgent is a CloudEvents extension: the client's User-Agent.
+	HeaderUserAgent = "ce-useragent"
+	// HeaderChainHash is a CloudEvents extension: SHA-256 (hex) over the previous event of the
+	// same aggregate's chain hash and this event's content, so an altered or removed event breaks
+	// the chain (tamper evidence; see ChainHash).
+	HeaderChainHash = "ce-chainhash"
 	// HeaderContentType is the plain NATS content type, for tools that ignore CloudEvents.
 	HeaderContentType = "Content-Type"
 )
@@ -42,35 +53,59 @@ func DataSchemaURI(t Type, version int) string {
 
 // Metadata is the context of a command, recorded with each event it causes.
 type Metadata struct {
-	// Actor is who caused the event: "user:<id>", "token:<id>", "session:<id>" or "system".
+	// Actor is who caused the event: "user:<id>/session:<id>", "user:<id>/token:<id>",
+	// "anonymous" (sign-up, log-in) or "system".
 	Actor string
 	// RequestID is the X-Request-Id of the HTTP request.
 	RequestID string
+	// SourceIP is the client address of the request.
+	SourceIP string
+	// UserAgent is the client's User-Agent (truncated to 256 bytes).
+	UserAgent string
 }
 
 // Envelope is one event with its CloudEvents attributes and, once read back, its position.
 type Envelope struct {
-	ID        string
-	Type      Type
-	Subject   string // CloudEvents subject: the aggregate as "kind/id"
-	Time      time.Time
-	Metadata  Metadata
-	Data      Event
-	Sequence  uint64 // stream sequence; 0 until stored
-	NATSSubj  string // subject the event is stored under
-	RawSchema string // dataschema as read
+	ID       string
+	Type     Type
+	Subject  string // CloudEvents subject: the aggregate as "kind/id"
+	Time     time.Time
+	Metadata Metadata
+	Data     Event
+	Sequence uint64 // stream sequence; 0 until stored
+	NATSSubj string // subject the event is stored under
+	// WrittenVersion is the payload's schema version as stored (Data is always upcast to the
+	// current version).
+	WrittenVersion int
+	// ChainHash is the stored ce-chainhash; ContentHash is recomputed from what was read. With
+	// the previous event's ChainHash, ChainHash(prev, ContentHash) must equal ChainHash.
+	ChainHash   string
+	ContentHash string
 }
 
 // ErrUndecodable wraps every failure to decode a stored message into an Envelope. Such a message
 // cannot be fixed by retrying.
 var ErrUndecodable = errors.New("undecodable event")
 
-// Encode turns an event into a NATS message in CloudEvents binary mode.
-func Encode(id string, at time.Time, meta Metadata, e Event) (*nats.Msg, error) {
+// Encode turns an event into a NATS message in CloudEvents binary mode, stamped with its
+// type's current schema version and chained to prevChain, the chain hash of the aggregate's
+// previous event ("" for its first). It returns the message and the event's chain hash.
+func Encode(id string, at time.Time, meta Metadata, prevChain string, e Event) (*nats.Msg, string, error) {
+	version := CurrentVersion(e.EventType())
+	if version == 0 {
+		return nil, "", fmt.Errorf("encode: unknown event type %s", e.EventType())
+	}
 	data, err := json.Marshal(e)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s: %w", e.EventType(), err)
+		return nil, "", fmt.Errorf("encode %s: %w", e.EventType(), err)
 	}
+	const versionField = `{"schema_version":`
+	if !bytes.HasPrefix(data, []byte(versionField)) {
+		return nil, "", fmt.Errorf("encode %s: payload does not start with schema_version", e.EventType())
+	}
+	rest := data[len(versionField):]
+	rest = rest[bytes.IndexAny(rest, ",}"):]
+	data = append([]byte(versionField+strconv.Itoa(version)), rest...)
 	m := nats.NewMsg(Subject(e))
 	m.Data = data
 	h := m.Header
@@ -82,14 +117,48 @@ func Encode(id string, at time.Time, meta Metadata, e Event) (*nats.Msg, error) 
 	h.Set(HeaderTime, at.UTC().Format(time.RFC3339Nano))
 	h.Set(HeaderDataContentType, "application/json")
 	h.Set(HeaderContentType, "application/json")
-	h.Set(HeaderDataSchema, DataSchemaURI(e.EventType(), SchemaVersion))
-	if meta.Actor != "" {
-		h.Set(HeaderActor, meta.Actor)
+	h.Set(HeaderDataSchema, DataSchemaURI(e.EventType(), version))
+	for k, v := range map[string]string{HeaderActor: meta.Actor, HeaderRequestID: meta.RequestID,
+		HeaderSourceIP: meta.SourceIP, HeaderUserAgent: truncate(meta.UserAgent, 256)} {
+		if v != "" {
+			h.Set(k, v)
+		}
 	}
-	if meta.RequestID != "" {
-		h.Set(HeaderRequestID, meta.RequestID)
+	chain := ChainHash(prevChain, contentHash(h, data))
+	h.Set(HeaderChainHash, chain)
+	return m, chain, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
 	}
-	return m, nil
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
+// chainedHeaders are the attributes covered by the chain hash, in this order.
+var chainedHeaders = []string{HeaderID, HeaderType, HeaderSubject, HeaderTime, HeaderDataSchema,
+	HeaderActor, HeaderRequestID, HeaderSourceIP, HeaderUserAgent}
+
+// contentHash is SHA-256 (hex) over the chained attributes and the payload as stored.
+func contentHash(h nats.Header, data []byte) string {
+	sum := sha256.New()
+	for _, k := range chainedHeaders {
+		fmt.Fprintf(sum, "%s=%q\n", k, h.Get(k))
+	}
+	sum.Write([]byte{'\n'})
+	sum.Write(data)
+	return hex.EncodeToString(sum.Sum(nil))
+}
+
+// ChainHash links an event's content hash to the chain hash of the previous event of the same
+// aggregate ("" for the first): hex SHA-256 of prev + ":" + content.
+func ChainHash(prev, content string) string {
+	sum := sha256.Sum256([]byte(prev + ":" + content))
+	return hex.EncodeToString(sum[:])
 }
 
 // Decode reads a stored message back into an Envelope. Unknown types and malformed payloads
@@ -104,36 +173,40 @@ func Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, e
 	if err != nil {
 		return Envelope{}, fmt.Errorf("%w: seq %d: bad %s: %w", ErrUndecodable, seq, HeaderTime, err)
 	}
-	payload, err := dec(data)
+	var ver Versioned
+	if err := json.Unmarshal(data, &ver); err != nil {
+		return Envelope{}, fmt.Errorf("%w: seq %d (%s): %w", ErrUndecodable, seq, typ, err)
+	}
+	current, err := upcast(typ, ver.SchemaVersion, data)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("%w: seq %d (%s): %w", ErrUndecodable, seq, typ, err)
+	}
+	payload, err := dec(current)
 	if err != nil {
 		return Envelope{}, fmt.Errorf("%w: seq %d (%s): %w", ErrUndecodable, seq, typ, err)
 	}
 	return Envelope{
-		ID:        h.Get(HeaderID),
-		Type:      typ,
-		Subject:   h.Get(HeaderSubject),
-		Time:      at,
-		Metadata:  Metadata{Actor: h.Get(HeaderActor), RequestID: h.Get(HeaderRequestID)},
-		Data:      payload,
-		Sequence:  seq,
-		NATSSubj:  subject,
-		RawSchema: h.Get(HeaderDataSchema),
+		ID:      h.Get(HeaderID),
+		Type:    typ,
+		Subject: h.Get(HeaderSubject),
+		Time:    at,
+		Metadata: Metadata{Actor: h.Get(HeaderActor), RequestID: h.Get(HeaderRequestID),
+			SourceIP: h.Get(HeaderSourceIP), UserAgent: h.Get(HeaderUserAgent)},
+		Data:           payload,
+		Sequence:       seq,
+		NATSSubj:       subject,
+		WrittenVersion: ver.SchemaVersion,
+		ChainHash:      h.Get(HeaderChainHash),
+		ContentHash:    contentHash(h, data),
 	}, nil
 }
 
-// decodeAs strictly decodes a payload of type T, checking its schema version.
+// decodeAs decodes a current-version payload of type T. Unknown fields are tolerated: a newer
+// writer may add fields (see the evolution policy in docs/events.md).
 func decodeAs[T Event](data []byte) (Event, error) {
 	var v T
-	dec := json.NewDecoder(bytes.NewReader(data))
-	if err := dec.Decode(&v); err != nil {
+	if err := json.Unmarshal(data, &v); err != nil {
 		return nil, err
-	}
-	var ver Versioned
-	if err := json.Unmarshal(data, &ver); err != nil {
-		return nil, err
-	}
-	if ver.SchemaVersion < 1 || ver.SchemaVersion > SchemaVersion {
-		return nil, fmt.Errorf("unsupported schema_version %d", ver.SchemaVersion)
 	}
 	return v, nil
 }

@@ -15,9 +15,23 @@ const StreamName = "IDENTITY"
 // SubjectRoot prefixes every subject in StreamName.
 const SubjectRoot = "identity"
 
-// SchemaVersion is the payload schema version written by this build for every event type. Each
-// payload carries it as "schema_version" so readers can upcast older events.
-const SchemaVersion = 1
+// currentVersions is the payload schema version this build writes for each event type. Every
+// payload carries its version as "schema_version"; Decode upcasts older versions (upcast.go).
+var currentVersions = map[Type]int{
+	TypeUserRegistered: 1,
+	TypeUserRenamed:    2,
+	TypePasswordSet:    1,
+	TypeTokenCreated:   1,
+	TypeTokenRevoked:   1,
+	TypeSessionStarted: 1,
+	TypeSessionEnded:   1,
+	TypeUserDeleted:    1,
+	TypeEmailClaimed:   1,
+	TypeEmailReleased:  1,
+}
+
+// CurrentVersion is the schema version this build writes for an event type (0: unknown type).
+func CurrentVersion(t Type) int { return currentVersions[t] }
 
 // Type is an event's CloudEvents type, e.g. "identityd.user.registered".
 type Type string
@@ -72,13 +86,14 @@ func Subject(e Event) string {
 	return SubjectRoot + "." + e.Aggregate().Kind + "." + e.Aggregate().ID + "." + t[strings.LastIndexByte(t, '.')+1:]
 }
 
-// Versioned is embedded in every payload so that each one carries its schema version.
+// Versioned is embedded first in every payload so that each one carries its schema version.
+// Encode stamps the current version whatever the value, so producers need not track it.
 type Versioned struct {
 	SchemaVersion int `json:"schema_version"`
 }
 
-// V returns the current schema version marker for a new payload.
-func V() Versioned { return Versioned{SchemaVersion: SchemaVersion} }
+// V returns a version marker for a new payload (Encode stamps the type's current version).
+func V() Versioned { return Versioned{SchemaVersion: 1} }
 
 // UserRegistered opens a user's history: the account exists from here on.
 type UserRegistered struct {
@@ -90,12 +105,28 @@ type UserRegistered struct {
 	RegisteredAt    time.Time `json:"registered_at"`
 }
 
-// UserRenamed records a new display name.
+// UserRenamed records a new display name. Version 2 records the change as before/after in
+// Changes, the audit shape shared by every update; version 1 had "old_name" (upcast on read).
 type UserRenamed struct {
 	Versioned
 	UserID  uuid.UUID `json:"user_id"`
-	OldName string    `json:"old_name"`
 	Name    string    `json:"name"`
+	Changes Changes   `json:"changes"`
+}
+
+// Changes maps each field an update changed to its values before and after. Secrets never
+// appear in it.
+type Changes map[string]FieldChange
+
+// FieldChange is one changed field.
+type FieldChange struct {
+	Before string `json:"before"`
+	After  string `json:"after"`
+}
+
+// Renamed builds a UserRenamed event from the old and the new name.
+func Renamed(user uuid.UUID, before, after string) UserRenamed {
+	return UserRenamed{Versioned: V(), UserID: user, Name: after, Changes: Changes{"name": {Before: before, After: after}}}
 }
 
 // PasswordSet records a new password as an argon2id hash (PHC string); the password itself is

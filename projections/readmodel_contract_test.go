@@ -81,10 +81,10 @@ var (
 	cTokGhost = tokenCreated(uuid.MustParse("90000000-0000-4000-8000-000000000009"),
 		uuid.MustParse("10000000-0000-4000-8000-000000000099"), t0.Add(10*time.Minute), nil)
 	cEvents = []events.Event{
-		registered(aliceID, "Alice"), // 1
-		registered(bobID, "Bob"),     // 2
-		registered(carolID, "Carol"), // 3
-		events.UserRenamed{Versioned: events.V(), UserID: aliceID, OldName: "Alice", Name: "Alice Liddell"}, // 4
+		registered(aliceID, "Alice"),                      // 1
+		registered(bobID, "Bob"),                          // 2
+		registered(carolID, "Carol"),                      // 3
+		events.Renamed(aliceID, "Alice", "Alice Liddell"), // 4
 		cTokA1, cTokA2, cTokA3, cTokAR, // 5..8
 		events.TokenRevoked{Versioned: events.V(), UserID: aliceID, TokenID: tokAR}, // 9
 		cTokB1,         // 10

@@ -390,7 +390,7 @@ func reducerCases() []reducerCase {
 			name: "UserRenamed",
 			events: []events.Event{
 				registered(aliceID, "Alice"),
-				events.UserRenamed{Versioned: events.V(), UserID: aliceID, OldName: "Alice", Name: "Alice Liddell"},
+				events.Renamed(aliceID, "Alice", "Alice Liddell"),
 			},
 			users: []UserRow{renamed},
 		},
@@ -577,7 +577,7 @@ func TestApplyBatchExactlyOnce(t *testing.T) {
 				// inserts of the token and session would collide with their rows.
 				tok2 := tokenCreated(aliceID, tokA2, t0.Add(3*time.Minute), nil)
 				overlap := envelopes(2, tok, ses,
-					events.UserRenamed{Versioned: events.V(), UserID: aliceID, OldName: "Alice", Name: "Alice Liddell"},
+					events.Renamed(aliceID, "Alice", "Alice Liddell"),
 					tok2)
 				pos, err := applyBatch(ctx, db, g, overlap)
 				if err != nil || pos != 5 {

@@ -163,22 +163,29 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domai
 		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
 	}
 	msgs := make([]*nats.Msg, len(changes))
-	seen := map[events.Aggregate]bool{}
-	for i, c := range changes {
-		m, err := events.Encode(c.ID.String(), c.At, meta, c.Event)
+	chains := map[events.Aggregate]string{} // each aggregate's chain head as the batch grows
+	for i := range changes {
+		c := &changes[i]
+		agg := c.Event.Aggregate()
+		prev, seen := chains[agg]
+		var exp *domain.Expectation
+		if !seen {
+			for j := range expect {
+				if expect[j].Aggregate == agg {
+					exp = &expect[j]
+					prev = exp.Chain
+				}
+			}
+		}
+		m, chain, err := events.Encode(c.ID.String(), c.At, meta, prev, c.Event)
 		if err != nil {
 			return 0, err
 		}
+		c.Chain, chains[agg] = chain, chain
 		m.Header.Set(jetstream.MsgIDHeader, c.ID.String())
-		agg := c.Event.Aggregate()
-		if !seen[agg] {
-			seen[agg] = true
-			for _, e := range expect {
-				if e.Aggregate == agg {
-					m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(e.Version, 10))
-					m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, agg.Filter())
-				}
-			}
+		if exp != nil {
+			m.Header.Set(jetstream.ExpectedLastSubjSeqHeader, strconv.FormatUint(exp.Version, 10))
+			m.Header.Set(jetstream.ExpectedLastSubjSeqSubjHeader, agg.Filter())
 		}
 		msgs[i] = m
 	}

@@ -73,7 +73,7 @@ func caller(c *gin.Context) principal {
 
 // meta is the event metadata of a command made by this request.
 func (a *API) meta(c *gin.Context) events.Metadata {
-	m := events.Metadata{RequestID: requestID(c), Actor: "anonymous"}
+	m := events.Metadata{RequestID: requestID(c), Actor: "anonymous", SourceIP: c.ClientIP(), UserAgent: c.Request.UserAgent()}
 	if pr, ok := c.Value(principalKey).(principal); ok {
 		m.Actor = "user:" + pr.user.ID.String() + "/" + pr.kind.String() + ":" + pr.tokenID.String()
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	_ "embed"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -50,6 +51,9 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
 	PublicURL string
+	// TrustedProxies are the proxies whose X-Forwarded-For names the client address recorded in
+	// events; none by default, so the address is the connection's peer.
+	TrustedProxies []string
 	// ConsistencyTimeout bounds the read-your-writes wait after a write (default 5s).
 	ConsistencyTimeout time.Duration
 	Logger             *slog.Logger
@@ -96,6 +100,9 @@ func New(cfg Config) (*API, error) {
 	e.HandleMethodNotAllowed = true
 	e.RedirectTrailingSlash = false // a 404 in the envelope beats a redirect clients may not follow
 	e.RedirectFixedPath = false
+	if err := e.SetTrustedProxies(cfg.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)
+	}
 	a := &API{cfg: cfg, engine: e}
 	e.Use(a.withRequestID, a.accessLog, a.recover)
 	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
