@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -143,4 +144,50 @@ func (r *ReadModel) RecordUsage(ctx context.Context, used map[uuid.UUID]time.Tim
 	}
 	_, err := q.Exec(ctx)
 	return err
+}
+
+// AuditFilter selects audit-log rows; zero fields do not filter.
+type AuditFilter struct {
+	UserID *uuid.UUID
+	Type   string
+	// ActorPrefix matches actors that start with it, e.g. "user:<id>" for everything a user did
+	// with any of their credentials.
+	ActorPrefix string
+	Since       time.Time // inclusive
+	Until       time.Time // exclusive
+	// Before is the cursor: only rows with a smaller stream sequence (0: from the newest).
+	Before uint64
+	Limit  int
+}
+
+// AuditEvents lists audit-log rows newest first.
+func (r *ReadModel) AuditEvents(ctx context.Context, f AuditFilter) ([]AuditRow, error) {
+	var rows []AuditRow
+	q := r.db.NewSelect().Model(&rows).ModelTableExpr(r.t.Audit() + " AS a").OrderExpr("a.seq DESC").Limit(int64(f.Limit))
+	if f.UserID != nil {
+		q = q.Where("a.user_id = ?", *f.UserID)
+	}
+	if f.Type != "" {
+		q = q.Where("a.type = ?", f.Type)
+	}
+	if f.ActorPrefix != "" {
+		q = q.Where("a.actor LIKE ? ESCAPE '\\'", likeEscape(f.ActorPrefix)+"%")
+	}
+	if !f.Since.IsZero() {
+		q = q.Where("a.occurred_at >= ?", f.Since.UTC())
+	}
+	if !f.Until.IsZero() {
+		q = q.Where("a.occurred_at < ?", f.Until.UTC())
+	}
+	if f.Before > 0 {
+		q = q.Where("a.seq < ?", f.Before)
+	}
+	if err := q.Scan(ctx); err != nil {
+		return nil, fmt.Errorf("audit events: %w", err)
+	}
+	return rows, nil
+}
+
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
 }

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 
 	"github.com/google/uuid"
@@ -117,6 +118,7 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 			return fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
 		}
 		last := pos
+		audit := make([]AuditRow, 0, len(batch))
 		for _, e := range batch {
 			if e.Sequence <= pos {
 				continue
@@ -126,10 +128,18 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 					return fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
 				}
 			}
+			row, err := auditRow(e)
+			if err != nil {
+				return err
+			}
+			audit = append(audit, row)
 			last = e.Sequence
 		}
 		if last == pos {
 			return nil
+		}
+		if _, err := tx.NewInsert().Model(&audit).ModelTableExpr(t.Audit()).Exec(ctx); err != nil {
+			return fmt.Errorf("audit log: %w", err)
 		}
 		_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
 			Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
@@ -138,4 +148,40 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 		return err
 	})
 	return pos, err
+}
+
+// secretFields are payload fields the audit log never shows.
+var secretFields = []string{"password_hash", "digest"}
+
+// auditRow turns an event into its audit-log row.
+func auditRow(e events.Envelope) (AuditRow, error) {
+	var fields map[string]json.RawMessage
+	raw, err := json.Marshal(e.Data)
+	if err == nil {
+		err = json.Unmarshal(raw, &fields)
+	}
+	if err != nil {
+		return AuditRow{}, fmt.Errorf("audit %s (seq %d): %w", e.Type, e.Sequence, err)
+	}
+	for _, f := range secretFields {
+		if _, ok := fields[f]; ok {
+			fields[f] = json.RawMessage(`"[redacted]"`)
+		}
+	}
+	data, err := json.Marshal(fields)
+	if err != nil {
+		return AuditRow{}, err
+	}
+	row := AuditRow{
+		Sequence: e.Sequence, EventID: e.ID, Type: string(e.Type), Aggregate: e.Subject,
+		Actor: e.Metadata.Actor, RequestID: e.Metadata.RequestID, SourceIP: e.Metadata.SourceIP,
+		UserAgent: e.Metadata.UserAgent, OccurredAt: e.Time.UTC(), SchemaVersion: e.WrittenVersion, Data: string(data),
+	}
+	var owner struct {
+		UserID *uuid.UUID `json:"user_id"`
+	}
+	if json.Unmarshal(raw, &owner) == nil && owner.UserID != nil {
+		row.UserID = owner.UserID
+	}
+	return row, nil
 }

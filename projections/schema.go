@@ -28,6 +28,9 @@ func (t Tables) Tokens() string { return "api_tokens_" + t.Suffix }
 // Sessions is the sessions table.
 func (t Tables) Sessions() string { return "sessions_" + t.Suffix }
 
+// Audit is the audit log table: every event with its metadata, secrets redacted.
+func (t Tables) Audit() string { return "audit_events_" + t.Suffix }
+
 // Checkpoint is the projection's name in the checkpoint table.
 func (t Tables) Checkpoint() string { return "users_" + t.Suffix }
 
@@ -69,6 +72,25 @@ type SessionRow struct {
 	ExpiresAt time.Time `bun:"expires_at,notnull"`
 }
 
+// AuditRow is one event in the audit log: who did what, when, from where. Secret fields of the
+// payload (password hashes, token digests) are redacted.
+type AuditRow struct {
+	bun.BaseModel `bun:"table:audit_events_v1,alias:a"`
+
+	Sequence      uint64     `bun:"seq,pk"`
+	EventID       string     `bun:"event_id,notnull"`
+	Type          string     `bun:"type,notnull"`
+	Aggregate     string     `bun:"aggregate,notnull"`
+	UserID        *uuid.UUID `bun:"user_id,type:uuid"`
+	Actor         string     `bun:"actor,notnull"`
+	RequestID     string     `bun:"request_id,notnull"`
+	SourceIP      string     `bun:"source_ip,notnull"`
+	UserAgent     string     `bun:"user_agent,notnull"`
+	OccurredAt    time.Time  `bun:"occurred_at,notnull"`
+	SchemaVersion int        `bun:"schema_version,notnull"`
+	Data          string     `bun:"data,notnull"`
+}
+
 // checkpointRow is how far a projection has applied the stream. It is updated in the same
 // transaction as the rows, which is what makes application exactly-once in effect.
 type checkpointRow struct {
@@ -98,6 +120,7 @@ func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
 		{(*UserRow)(nil), t.Users()},
 		{(*TokenRow)(nil), t.Tokens()},
 		{(*SessionRow)(nil), t.Sessions()},
+		{(*AuditRow)(nil), t.Audit()},
 		{(*checkpointRow)(nil), "projection_checkpoints"},
 		{(*tokenUsageRow)(nil), "token_usage"},
 	}
@@ -112,6 +135,10 @@ func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id, created_at)", t.Tokens()),
 		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_digest ON %[1]s (digest)", t.Sessions()),
 		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id)", t.Sessions()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id, seq)", t.Audit()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_type ON %[1]s (type, seq)", t.Audit()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_actor ON %[1]s (actor, seq)", t.Audit()),
+		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_time ON %[1]s (occurred_at)", t.Audit()),
 	}
 	for _, q := range indexes {
 		if _, err := db.ExecContext(ctx, q); err != nil {

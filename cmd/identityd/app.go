@@ -113,6 +113,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: rm, Barrier: a.projector, Usage: a.usage,
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
+		AdminEmails: cfg.AdminEmails, TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {
 			if !a.nc.IsConnected() {
 				return errors.New("NATS disconnected")

@@ -28,6 +28,8 @@ type config struct {
 	Argon2MemKiB   uint32
 	Argon2Time     uint32
 	ConsistencyMax time.Duration
+	AdminEmails    []string
+	TrustedProxies []string
 }
 
 // setting describes one configuration variable for flags, env and --help.
@@ -49,6 +51,8 @@ var settings = []setting{
 	{"IDENTITYD_ARGON2_MEMORY_KIB", "argon2-memory-kib", "19456", "argon2id memory cost of new password hashes, KiB"},
 	{"IDENTITYD_ARGON2_TIME", "argon2-time", "2", "argon2id passes of new password hashes"},
 	{"IDENTITYD_CONSISTENCY_TIMEOUT", "consistency-timeout", "5s", "how long a write waits for the read model before answering (read-your-writes)"},
+	{"IDENTITYD_ADMIN_EMAILS", "admin-emails", "", "comma-separated emails of the users allowed on the admin endpoints (audit log)"},
+	{"IDENTITYD_TRUSTED_PROXIES", "trusted-proxies", "", "comma-separated proxy addresses/CIDRs whose X-Forwarded-For gives the client IP recorded in events; unset: none"},
 }
 
 // loadConfig reads flags over environment variables over defaults.
@@ -115,8 +119,21 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.HTTPAddr == "" || c.DataDir == "" {
 		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
 	}
+	c.AdminEmails = splitList(get("IDENTITYD_ADMIN_EMAILS"))
+	c.TrustedProxies = splitList(get("IDENTITYD_TRUSTED_PROXIES"))
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.HTTPAddr
 	}
 	return c, errors.Join(errs...)
+}
+
+// splitList splits a comma-separated setting, dropping blanks.
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }

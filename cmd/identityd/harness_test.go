@@ -33,6 +33,7 @@ type env struct {
 	natsURL string
 	dbURL   string
 	secret  []byte
+	admins  []string
 }
 
 func newEnv(t *testing.T, backend dbtest.Backend) *env {
@@ -59,6 +60,7 @@ func (e *env) start() *instance {
 		HTTPAddr: "127.0.0.1:0", DataDir: e.t.TempDir(), NATSURL: e.natsURL, NATSReplicas: 1,
 		DatabaseURL: e.dbURL, SecretKey: e.secret, LogLevel: slog.LevelWarn,
 		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
+		AdminEmails: e.admins,
 	}
 	a, err := newApp(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 const (
 	typeInvalidRequest = "invalid_request_error"
 	typeAuthentication = "authentication_error"
+	typePermission     = "permission_error"
 	typeNotFound       = "not_found_error"
 	typeConflict       = "conflict_error"
 	typeRateLimit      = "rate_limit_error"
@@ -48,6 +49,9 @@ var codes = map[string]errorCode{
 	"missing_api_token":       {401, typeAuthentication, "Missing token", "Send a session token or an API token as Authorization: Bearer <token>."},
 	"invalid_api_token":       {401, typeAuthentication, "Invalid token", "The token is malformed, unknown, revoked or expired, or its user was deleted. Log in again or create a new API token."},
 	"invalid_credentials":     {401, typeAuthentication, "Invalid credentials", "The email or the password is wrong."},
+	"invalid_cursor":          {400, typeInvalidRequest, "Invalid cursor", "Pass back the next_cursor of the previous page unchanged."},
+	"invalid_filter":          {400, typeInvalidRequest, "Invalid filter", "A query parameter is malformed: limit must be 1 to 200, since/until RFC 3339 date-times, user_id a UUID."},
+	"scope_not_granted":       {403, typePermission, "Scope not granted", "This endpoint needs a scope the caller does not have (admin endpoints need an administrator)."},
 	"token_not_found":         {404, typeNotFound, "API token not found", "You have no API token with this id."},
 	"not_found":               {404, typeNotFound, "Not found", "No such resource or path."},
 	"email_taken":             {409, typeConflict, "Email taken", "An account with this email already exists. Log in instead."},

@@ -28,6 +28,7 @@ type ReadModel interface {
 	APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error)
 	SessionByDigest(ctx context.Context, digest string) (projections.Credential, error)
 	Tokens(ctx context.Context, userID uuid.UUID) ([]projections.Token, error)
+	AuditEvents(ctx context.Context, f projections.AuditFilter) ([]projections.AuditRow, error)
 }
 
 // Barrier waits until the read model includes a stream sequence (read-your-writes).
@@ -51,6 +52,9 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
 	PublicURL string
+	// AdminEmails are the users (by email) who may use the admin endpoints. Set at bootstrap;
+	// organizations and roles come later.
+	AdminEmails []string
 	// TrustedProxies are the proxies whose X-Forwarded-For names the client address recorded in
 	// events; none by default, so the address is the connection's peer.
 	TrustedProxies []string
@@ -126,6 +130,8 @@ func New(cfg Config) (*API, error) {
 	authed.GET("/user/api-tokens", a.listTokens)
 	authed.POST("/user/api-tokens", a.createToken)
 	authed.DELETE("/user/api-tokens/:id", a.revokeToken)
+	authed.GET("/user/events", a.userEvents)
+	authed.GET("/admin/events", a.requireAdmin, a.adminEvents)
 	return a, nil
 }
 
