@@ -110,44 +110,54 @@ func bumpVersion(ctx context.Context, tx bun.IDB, t Tables, user uuid.UUID, seq 
 func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, error) {
 	var pos uint64
 	err := db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
-		if isPG(tx) {
-			q = q.For("UPDATE") // serializes instances that share the database
-		}
-		if err := q.Scan(ctx, &pos); err != nil {
-			return fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
-		}
-		last := pos
-		audit := make([]AuditRow, 0, len(batch))
-		for _, e := range batch {
-			if e.Sequence <= pos {
-				continue
-			}
-			if r, ok := reducers[e.Type]; ok {
-				if err := r(ctx, tx, t, e); err != nil {
-					return fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
-				}
-			}
-			row, err := auditRow(e)
-			if err != nil {
-				return err
-			}
-			audit = append(audit, row)
-			last = e.Sequence
-		}
-		if last == pos {
-			return nil
-		}
-		if _, err := tx.NewInsert().Model(&audit).ModelTableExpr(t.Audit()).Exec(ctx); err != nil {
-			return fmt.Errorf("audit log: %w", err)
-		}
-		_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
-			Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
-			Where("name = ?", t.Checkpoint()).Exec(ctx)
-		pos = last
+		var err error
+		pos, err = applyBatchTx(ctx, tx, t, batch)
 		return err
 	})
 	return pos, err
+}
+
+// applyBatchTx is applyBatch inside the caller's transaction.
+func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope) (uint64, error) {
+	var pos uint64
+	q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
+	if isPG(tx) {
+		q = q.For("UPDATE") // serializes instances that share the database
+	}
+	if err := q.Scan(ctx, &pos); err != nil {
+		return 0, fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
+	}
+	last := pos
+	audit := make([]AuditRow, 0, len(batch))
+	for _, e := range batch {
+		if e.Sequence <= pos {
+			continue
+		}
+		if r, ok := reducers[e.Type]; ok {
+			if err := r(ctx, tx, t, e); err != nil {
+				return 0, fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
+			}
+		}
+		row, err := auditRow(e)
+		if err != nil {
+			return 0, err
+		}
+		audit = append(audit, row)
+		last = e.Sequence
+	}
+	if last == pos {
+		return pos, nil
+	}
+	if _, err := tx.NewInsert().Model(&audit).ModelTableExpr(t.Audit()).Exec(ctx); err != nil {
+		return 0, fmt.Errorf("audit log: %w", err)
+	}
+	_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
+		Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
+		Where("name = ?", t.Checkpoint()).Exec(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return last, nil
 }
 
 // secretFields are payload fields the audit log never shows.

@@ -129,23 +129,45 @@ func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
 			return fmt.Errorf("create table %s: %w", m.table, err)
 		}
 	}
-	indexes := []string{
-		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_email ON %[1]s (email)", t.Users()),
-		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_digest ON %[1]s (digest)", t.Tokens()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id, created_at)", t.Tokens()),
-		fmt.Sprintf("CREATE UNIQUE INDEX IF NOT EXISTS %[1]s_digest ON %[1]s (digest)", t.Sessions()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id)", t.Sessions()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_user ON %[1]s (user_id, seq)", t.Audit()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_type ON %[1]s (type, seq)", t.Audit()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_actor ON %[1]s (actor, seq)", t.Audit()),
-		fmt.Sprintf("CREATE INDEX IF NOT EXISTS %[1]s_time ON %[1]s (occurred_at)", t.Audit()),
-	}
-	for _, q := range indexes {
-		if _, err := db.ExecContext(ctx, q); err != nil {
-			return fmt.Errorf("%s: %w", q, err)
+	for _, idx := range indexDefs(t) {
+		if _, err := db.ExecContext(ctx, idx.sql); err != nil {
+			return fmt.Errorf("%s: %w", idx.sql, err)
 		}
 	}
 	_, err := db.NewInsert().Model(&checkpointRow{Name: t.Checkpoint(), UpdatedAt: time.Now().UTC()}).
 		On("CONFLICT (name) DO NOTHING").Exec(ctx)
 	return err
+}
+
+// indexDef is one index of a generation; its name is derived from its table's.
+type indexDef struct {
+	name, sql string
+}
+
+// indexDefs lists a generation's indexes, in a fixed order.
+func indexDefs(t Tables) []indexDef {
+	defs := []struct {
+		table, suffix, def string
+		unique            bool
+	}{
+		{t.Users(), "email", "(email)", true},
+		{t.Tokens(), "digest", "(digest)", true},
+		{t.Tokens(), "user", "(user_id, created_at)", false},
+		{t.Sessions(), "digest", "(digest)", true},
+		{t.Sessions(), "user", "(user_id)", false},
+		{t.Audit(), "user", "(user_id, seq)", false},
+		{t.Audit(), "type", "(type, seq)", false},
+		{t.Audit(), "actor", "(actor, seq)", false},
+		{t.Audit(), "time", "(occurred_at)", false},
+	}
+	out := make([]indexDef, len(defs))
+	for i, d := range defs {
+		kind := "INDEX"
+		if d.unique {
+			kind = "UNIQUE INDEX"
+		}
+		name := d.table + "_" + d.suffix
+		out[i] = indexDef{name: name, sql: fmt.Sprintf("CREATE %s IF NOT EXISTS %s ON %s %s", kind, name, d.table, d.def)}
+	}
+	return out
 }

@@ -1,0 +1,183 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/events"
+)
+
+// StreamReader reads up to limit events from stream sequence `from` on (all subjects).
+type StreamReader func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error)
+
+// RebuildConfig configures Rebuild.
+type RebuildConfig struct {
+	DB *bun.DB
+	// Read reads the stream; Last returns the stream's last sequence.
+	Read StreamReader
+	Last func(ctx context.Context) (uint64, error)
+	// Live is the generation being replaced (default CurrentTables).
+	Live Tables
+	// Batch is the number of events applied per transaction (default 1000).
+	Batch int
+	// Progress, if set, is told the position reached and the stream's end.
+	Progress func(pos, end uint64)
+}
+
+// RebuildResult reports a finished rebuild.
+type RebuildResult struct {
+	Events   uint64        // events replayed
+	Position uint64        // stream sequence the new tables are current to
+	Duration time.Duration // whole rebuild, switch-over included
+}
+
+// Rebuild replays the whole stream into fresh tables beside the live ones while the service
+// keeps serving (and projecting into) the live tables, then switches over in one transaction
+// that holds the live checkpoint's lock: it applies the last events, drops the old tables and
+// renames the new ones into their place. Running projectors waiting on the lock resume on the
+// new tables and skip what the rebuild applied. A crashed rebuild leaves only the side tables,
+// which the next rebuild discards.
+func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
+	start := time.Now()
+	if cfg.DB == nil || cfg.Read == nil || cfg.Last == nil {
+		return RebuildResult{}, errors.New("projections: rebuild needs DB, Read and Last")
+	}
+	if cfg.Live == (Tables{}) {
+		cfg.Live = CurrentTables
+	}
+	if cfg.Batch <= 0 {
+		cfg.Batch = 1000
+	}
+	next := Tables{Suffix: cfg.Live.Suffix + "_next"}
+	if err := dropTables(ctx, cfg.DB, next); err != nil {
+		return RebuildResult{}, err
+	}
+	if err := CreateSchema(ctx, cfg.DB, cfg.Live); err != nil {
+		return RebuildResult{}, err
+	}
+	if err := CreateSchema(ctx, cfg.DB, next); err != nil {
+		return RebuildResult{}, err
+	}
+	if _, err := cfg.DB.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 0").Where("name = ?", next.Checkpoint()).Exec(ctx); err != nil {
+		return RebuildResult{}, err
+	}
+	var pos, replayed uint64
+	// Catch up outside the lock until the remainder is small.
+	for {
+		end, err := cfg.Last(ctx)
+		if err != nil {
+			return RebuildResult{}, err
+		}
+		if end-pos <= uint64(cfg.Batch) {
+			break
+		}
+		for pos < end {
+			batch, err := cfg.Read(ctx, pos+1, cfg.Batch)
+			if err != nil {
+				return RebuildResult{}, fmt.Errorf("read stream at %d: %w", pos+1, err)
+			}
+			if len(batch) == 0 {
+				break
+			}
+			if pos, err = applyBatch(ctx, cfg.DB, next, batch); err != nil {
+				return RebuildResult{}, err
+			}
+			replayed += uint64(len(batch))
+			if cfg.Progress != nil {
+				cfg.Progress(pos, end)
+			}
+		}
+	}
+	// Switch over: the rest, under the live checkpoint's lock, then swap the tables.
+	err := cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", cfg.Live.Checkpoint())
+		if isPG(tx) {
+			q = q.For("UPDATE")
+		}
+		var livePos uint64
+		if err := q.Scan(ctx, &livePos); err != nil {
+			return fmt.Errorf("lock live checkpoint: %w", err)
+		}
+		end, err := cfg.Last(ctx)
+		if err != nil {
+			return err
+		}
+		for pos < end {
+			batch, err := cfg.Read(ctx, pos+1, cfg.Batch)
+			if err != nil {
+				return fmt.Errorf("read stream at %d: %w", pos+1, err)
+			}
+			if len(batch) == 0 {
+				break
+			}
+			if pos, err = applyBatchTx(ctx, tx, next, batch); err != nil {
+				return err
+			}
+			replayed += uint64(len(batch))
+		}
+		if cfg.Progress != nil {
+			cfg.Progress(pos, end)
+		}
+		if err := swapTables(ctx, tx, cfg.Live, next); err != nil {
+			return err
+		}
+		_, err = tx.NewUpdate().Model((*checkpointRow)(nil)).Set("position = ?", max(pos, livePos)).
+			Set("updated_at = ?", timeNow().UTC()).Where("name = ?", cfg.Live.Checkpoint()).Exec(ctx)
+		if err != nil {
+			return err
+		}
+		_, err = tx.NewDelete().Model((*checkpointRow)(nil)).Where("name = ?", next.Checkpoint()).Exec(ctx)
+		return err
+	})
+	if err != nil {
+		return RebuildResult{}, fmt.Errorf("switch over: %w", err)
+	}
+	return RebuildResult{Events: replayed, Position: pos, Duration: time.Since(start)}, nil
+}
+
+// tableNames lists a generation's tables.
+func tableNames(t Tables) []string { return []string{t.Users(), t.Tokens(), t.Sessions(), t.Audit()} }
+
+func dropTables(ctx context.Context, db bun.IDB, t Tables) error {
+	for _, name := range tableNames(t) {
+		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
+			return fmt.Errorf("drop %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// swapTables replaces live's tables with next's, indexes renamed to live's names.
+func swapTables(ctx context.Context, tx bun.Tx, live, next Tables) error {
+	if err := dropTables(ctx, tx, live); err != nil {
+		return err
+	}
+	liveNames, nextNames := tableNames(live), tableNames(next)
+	for i := range liveNames {
+		if _, err := tx.ExecContext(ctx, fmt.Sprintf("ALTER TABLE %s RENAME TO %s", nextNames[i], liveNames[i])); err != nil {
+			return fmt.Errorf("rename %s: %w", nextNames[i], err)
+		}
+	}
+	nextIdx := indexDefs(next)
+	for i, idx := range indexDefs(live) {
+		oldName := nextIdx[i].name
+		if isPG(tx) {
+			if _, err := tx.ExecContext(ctx, fmt.Sprintf("ALTER INDEX IF EXISTS %s RENAME TO %s", oldName, idx.name)); err != nil {
+				return fmt.Errorf("rename index %s: %w", oldName, err)
+			}
+			continue
+		}
+		// SQLite cannot rename an index: recreate it under the live name.
+		if _, err := tx.ExecContext(ctx, "DROP INDEX IF EXISTS "+oldName); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, idx.sql); err != nil {
+			return fmt.Errorf("%s: %w", idx.sql, err)
+		}
+	}
+	return nil
+}
