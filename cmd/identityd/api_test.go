@@ -113,6 +113,7 @@ func TestUserJourney(t *testing.T) {
 			if all[0].Type != events.TypeEmailClaimed || all[1].Type != events.TypeUserRegistered || all[1].Metadata.RequestID == "" {
 				t.Fatalf("first events: %+v %+v", all[0], all[1])
 			}
+			e.checkStreamContract()
 		})
 	}
 }

@@ -141,4 +141,5 @@ func TestAuditHistory(t *testing.T) {
 	if r := call(t, in.url, "GET", "/api/v0/admin/events?since=yesterday", auditor, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
 		t.Fatalf("bad since: %d %s", r.Status, r.Body)
 	}
+	e.checkStreamContract()
 }

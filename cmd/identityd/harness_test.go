@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/nats-io/nats.go"
 
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections/dbtest"
@@ -239,5 +240,48 @@ func mustStatus(t *testing.T, r response, want int) {
 	t.Helper()
 	if r.Status != want {
 		t.Fatalf("status %d, want %d: %s", r.Status, want, r.Body)
+	}
+}
+
+// checkStreamContract checks every message the service wrote against the public contract: its
+// payload validates against the JSON Schema its ce-dataschema names, its CloudEvents headers
+// are complete, and each aggregate's hash chain verifies.
+func (e *env) checkStreamContract() {
+	e.t.Helper()
+	st := e.store()
+	ctx := context.Background()
+	last, err := st.LastSequence(ctx)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	stream, err := st.JetStream().Stream(ctx, events.StreamName)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	chains := map[string]string{}
+	for seq := uint64(1); seq <= last; seq++ {
+		raw, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			e.t.Fatalf("seq %d: %v", seq, err)
+		}
+		h := nats.Header(raw.Header)
+		typ := events.Type(h.Get(events.HeaderType))
+		if err := events.ValidatePayload(typ, events.CurrentVersion(typ), raw.Data); err != nil {
+			e.t.Fatalf("seq %d (%s) does not match its schema: %v\n%s", seq, typ, err, raw.Data)
+		}
+		for _, k := range []string{events.HeaderSpecVersion, events.HeaderID, events.HeaderSource, events.HeaderSubject,
+			events.HeaderTime, events.HeaderDataContentType, events.HeaderDataSchema, events.HeaderChainHash, events.HeaderActor} {
+			if h.Get(k) == "" {
+				e.t.Fatalf("seq %d (%s) lacks header %s", seq, typ, k)
+			}
+		}
+		env, err := events.Decode(raw.Subject, h, raw.Data, seq)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if events.ChainHash(chains[env.Subject], env.ContentHash) != env.ChainHash {
+			e.t.Fatalf("seq %d breaks the hash chain of %s", seq, env.Subject)
+		}
+		chains[env.Subject] = env.ChainHash
 	}
 }
