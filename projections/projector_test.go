@@ -134,6 +134,25 @@ func newProjector(t *testing.T, db *bun.DB, js jetstream.JetStream, batch int) (
 	return p, done
 }
 
+// verifyAll runs the `identityctl verify` check: read models and hash chains against the fold
+// of the stream.
+func verifyAll(t *testing.T, db *bun.DB, st *eventstore.Store) {
+	t.Helper()
+	rep, err := projections.Verify(context.Background(), projections.VerifyConfig{
+		DB: db,
+		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
+			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
+		},
+		Last: st.LastSequence,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Differences) > 0 || rep.Events != rep.StreamLast {
+		t.Fatalf("verify: %d events of %d, differences %+v", rep.Events, rep.StreamLast, rep.Differences)
+	}
+}
+
 // stopProjector closes a projector and checks that Run ended cleanly.
 func stopProjector(t *testing.T, p *projections.Projector, done chan error) {
 	t.Helper()
@@ -178,6 +197,7 @@ func TestProjectorSurvivesCrashes(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkFold(t, db, f)
+			verifyAll(t, db, st)
 			pos, err := projections.NewReadModel(db, projections.CurrentTables).Position(ctx)
 			if err != nil || pos != last {
 				t.Fatalf("checkpoint %d (err %v), stream ends at %d", pos, err, last)
@@ -204,6 +224,7 @@ func TestTwoProjectorsShareOneDatabase(t *testing.T) {
 		}
 	}
 	checkFold(t, db1, f)
+	verifyAll(t, db1, st)
 	stopProjector(t, p1, d1)
 	stopProjector(t, p2, d2)
 }

@@ -160,27 +160,11 @@ func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envel
 	return last, nil
 }
 
-// secretFields are payload fields the audit log never shows.
-var secretFields = []string{"password_hash", "digest"}
-
 // auditRow turns an event into its audit-log row.
 func auditRow(e events.Envelope) (AuditRow, error) {
-	var fields map[string]json.RawMessage
-	raw, err := json.Marshal(e.Data)
-	if err == nil {
-		err = json.Unmarshal(raw, &fields)
-	}
+	data, err := events.Redacted(e.Data)
 	if err != nil {
 		return AuditRow{}, fmt.Errorf("audit %s (seq %d): %w", e.Type, e.Sequence, err)
-	}
-	for _, f := range secretFields {
-		if _, ok := fields[f]; ok {
-			fields[f] = json.RawMessage(`"[redacted]"`)
-		}
-	}
-	data, err := json.Marshal(fields)
-	if err != nil {
-		return AuditRow{}, err
 	}
 	row := AuditRow{
 		Sequence: e.Sequence, EventID: e.ID, Type: string(e.Type), Aggregate: e.Subject,
@@ -190,7 +174,7 @@ func auditRow(e events.Envelope) (AuditRow, error) {
 	var owner struct {
 		UserID *uuid.UUID `json:"user_id"`
 	}
-	if json.Unmarshal(raw, &owner) == nil && owner.UserID != nil {
+	if json.Unmarshal(data, &owner) == nil && owner.UserID != nil {
 		row.UserID = owner.UserID
 	}
 	return row, nil

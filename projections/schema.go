@@ -148,7 +148,7 @@ type indexDef struct {
 func indexDefs(t Tables) []indexDef {
 	defs := []struct {
 		table, suffix, def string
-		unique            bool
+		unique             bool
 	}{
 		{t.Users(), "email", "(email)", true},
 		{t.Tokens(), "digest", "(digest)", true},

@@ -23,6 +23,7 @@ import (
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 	"github.com/identityd/identityd/transport/httpapi"
 )
@@ -44,7 +45,34 @@ func newEnv(t *testing.T, backend dbtest.Backend) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	return &env{t: t, natsURL: srv.ClientURL(), dbURL: backend.URL(t), secret: bytes.Repeat([]byte{7}, 32)}
+	e := &env{t: t, natsURL: srv.ClientURL(), dbURL: backend.URL(t), secret: bytes.Repeat([]byte{7}, 32)}
+	// After every scenario, once its instances have stopped: the read models and the hash
+	// chains must agree with the fold of the stream (what `identityctl verify` checks).
+	t.Cleanup(e.verify)
+	return e
+}
+
+// verify runs the same check as `identityctl verify` and fails the test on any difference.
+func (e *env) verify() {
+	e.t.Helper()
+	st := e.store()
+	db := dbtest.Open(e.t, e.dbURL)
+	rep, err := projections.Verify(context.Background(), projections.VerifyConfig{
+		DB: db,
+		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
+			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
+		},
+		Last: st.LastSequence,
+	})
+	if err != nil {
+		e.t.Fatalf("verify: %v", err)
+	}
+	for _, d := range rep.Differences {
+		e.t.Errorf("verify: %+v", d)
+	}
+	if rep.Events == 0 && rep.StreamLast > 0 {
+		e.t.Errorf("verify checked nothing: read model at %d of %d", rep.Position, rep.StreamLast)
+	}
 }
 
 func postgresEnv(t *testing.T) *env { return newEnv(t, dbtest.Backends[0]) }

@@ -364,3 +364,26 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	}
 	return info.State.LastSeq, nil
 }
+
+// SequenceAt is the sequence of the first event stored at or after t, or the stream's last
+// sequence + 1 when there is none: where a reader interested in events since t starts.
+func (s *Store) SequenceAt(ctx context.Context, t time.Time) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	req, _ := json.Marshal(struct {
+		StartTime time.Time `json:"start_time"`
+	}{t.UTC()})
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.DIRECT.GET."+s.cfg.Stream, req)
+	if err != nil {
+		return 0, classify(err)
+	}
+	switch m.Header.Get("Status") {
+	case "":
+		return strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+	case "404":
+		last, err := s.LastSequence(ctx)
+		return last + 1, err
+	default:
+		return 0, fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
+	}
+}

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"context"
+
+	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections"
+)
+
+// verify folds the whole stream and compares it with every read model and with the hash
+// chains (projections.Verify); it prints each difference, then a summary, and exits 1 if there
+// is any difference.
+func (c *cli) verify(ctx context.Context, args []string) error {
+	if len(args) > 0 {
+		return usageError{"verify takes no arguments"}
+	}
+	db, err := c.database(ctx)
+	if err != nil {
+		return err
+	}
+	st, err := c.events(ctx)
+	if err != nil {
+		return err
+	}
+	prog := c.newProgress("verify")
+	rep, err := projections.Verify(ctx, projections.VerifyConfig{
+		DB: db,
+		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
+			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
+		},
+		Last:     st.LastSequence,
+		Progress: prog.update,
+	})
+	prog.done()
+	if err != nil {
+		return err
+	}
+	for _, d := range rep.Differences {
+		if err := c.out.Encode(d); err != nil {
+			return err
+		}
+	}
+	if err := c.out.Encode(map[string]any{
+		"verified": len(rep.Differences) == 0, "position": rep.Position, "stream_last": rep.StreamLast,
+		"events": rep.Events, "users": rep.Users, "differences": len(rep.Differences),
+	}); err != nil {
+		return err
+	}
+	if len(rep.Differences) > 0 {
+		return errFindings
+	}
+	return nil
+}
