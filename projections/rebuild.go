@@ -59,7 +59,7 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 	if err := CreateSchema(ctx, cfg.DB, cfg.Live); err != nil {
 		return RebuildResult{}, err
 	}
-	if err := CreateSchema(ctx, cfg.DB, next); err != nil {
+	if err := createTables(ctx, cfg.DB, next); err != nil {
 		return RebuildResult{}, err
 	}
 	if _, err := cfg.DB.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 0").Where("name = ?", next.Checkpoint()).Exec(ctx); err != nil {
@@ -91,6 +91,9 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 				cfg.Progress(pos, end)
 			}
 		}
+	}
+	if err := createIndexes(ctx, cfg.DB, next); err != nil {
+		return RebuildResult{}, err
 	}
 	// Switch over: the rest, under the live checkpoint's lock, then swap the tables.
 	err := cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {

@@ -3,104 +3,128 @@ package projections
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/schema"
 
 	"github.com/identityd/identityd/events"
 )
 
-// reducer applies one event to the read model inside the batch's transaction.
-type reducer func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error
+// reducer adds to the batch's script the statements that apply one event to the read model.
+type reducer func(w *script, t Tables, e events.Envelope) error
 
 // on adapts a reducer of one payload type to the table's signature.
-func on[T events.Event](f func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev T) error) reducer {
-	return func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope) error {
+func on[T events.Event](f func(w *script, t Tables, e events.Envelope, ev T)) reducer {
+	return func(w *script, t Tables, e events.Envelope) error {
 		ev, ok := e.Data.(T)
 		if !ok {
 			return fmt.Errorf("%w: %s carries %T", errPoison, e.Type, e.Data)
 		}
-		return f(ctx, tx, t, e, ev)
+		f(w, t, e, ev)
+		return nil
 	}
 }
 
 // reducers is the users projection: event type → change to the read model. Event types not
 // listed (email claims) do not concern it.
 var reducers = map[events.Type]reducer{
-	events.TypeUserRegistered: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserRegistered) error {
-		_, err := tx.NewInsert().Model(&UserRow{
+	events.TypeUserRegistered: on(func(w *script, t Tables, e events.Envelope, ev events.UserRegistered) {
+		w.add(w.db.NewInsert().Model(&UserRow{
 			ID: ev.UserID, Email: ev.Email, Name: ev.Name, PersonalOrgSlug: ev.PersonalOrgSlug,
 			CreatedAt: ev.RegisteredAt.UTC(), UpdatedAt: e.Time.UTC(), Version: e.Sequence,
-		}).ModelTableExpr(t.Users()).Exec(ctx)
-		return err
+		}).ModelTableExpr(t.Users()))
 	}),
-	events.TypeUserRenamed: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserRenamed) error {
-		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
+	events.TypeUserRenamed: on(func(w *script, t Tables, e events.Envelope, ev events.UserRenamed) {
+		w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
 			Set("name = ?", ev.Name).Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
-			Where("id = ?", ev.UserID).Exec(ctx)
-		return err
+			Where("id = ?", ev.UserID))
 	}),
-	events.TypePasswordSet: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.PasswordSet) error {
+	events.TypePasswordSet: on(func(w *script, t Tables, e events.Envelope, ev events.PasswordSet) {
 		// The hash stays in the stream and the aggregate; the read model only notes the change.
-		_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
+		w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
 			Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
-			Where("id = ?", ev.UserID).Exec(ctx)
-		return err
+			Where("id = ?", ev.UserID))
 	}),
-	events.TypeTokenCreated: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.TokenCreated) error {
-		_, err := tx.NewInsert().Model(&TokenRow{
+	events.TypeTokenCreated: on(func(w *script, t Tables, e events.Envelope, ev events.TokenCreated) {
+		w.add(w.db.NewInsert().Model(&TokenRow{
 			ID: ev.TokenID, UserID: ev.UserID, Description: ev.Description, Digest: ev.Digest,
 			CreatedAt: ev.CreatedAt.UTC(), ExpiresAt: utcPtr(ev.ExpiresAt),
-		}).ModelTableExpr(t.Tokens()).Exec(ctx)
-		if err != nil {
-			return err
-		}
-		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
+		}).ModelTableExpr(t.Tokens()))
+		bumpVersion(w, t, ev.UserID, e.Sequence)
 	}),
-	events.TypeTokenRevoked: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.TokenRevoked) error {
-		_, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID).Exec(ctx)
-		if err != nil {
-			return err
-		}
-		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
+	events.TypeTokenRevoked: on(func(w *script, t Tables, e events.Envelope, ev events.TokenRevoked) {
+		w.add(w.db.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID))
+		bumpVersion(w, t, ev.UserID, e.Sequence)
 	}),
-	events.TypeSessionStarted: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.SessionStarted) error {
-		_, err := tx.NewInsert().Model(&SessionRow{
+	events.TypeSessionStarted: on(func(w *script, t Tables, e events.Envelope, ev events.SessionStarted) {
+		w.add(w.db.NewInsert().Model(&SessionRow{
 			ID: ev.SessionID, UserID: ev.UserID, Digest: ev.Digest,
 			CreatedAt: ev.StartedAt.UTC(), ExpiresAt: ev.ExpiresAt.UTC(),
-		}).ModelTableExpr(t.Sessions()).Exec(ctx)
-		if err != nil {
-			return err
-		}
-		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
+		}).ModelTableExpr(t.Sessions()))
+		bumpVersion(w, t, ev.UserID, e.Sequence)
 	}),
-	events.TypeSessionEnded: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.SessionEnded) error {
-		_, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID).Exec(ctx)
-		if err != nil {
-			return err
-		}
-		return bumpVersion(ctx, tx, t, ev.UserID, e.Sequence)
+	events.TypeSessionEnded: on(func(w *script, t Tables, e events.Envelope, ev events.SessionEnded) {
+		w.add(w.db.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID))
+		bumpVersion(w, t, ev.UserID, e.Sequence)
 	}),
-	events.TypeUserDeleted: on(func(ctx context.Context, tx bun.IDB, t Tables, e events.Envelope, ev events.UserDeleted) error {
-		for _, q := range []*bun.DeleteQuery{
-			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id = ?", ev.UserID),
-			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id = ?", ev.UserID),
-			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id = ?", ev.UserID),
-		} {
-			if _, err := q.Exec(ctx); err != nil {
-				return err
-			}
-		}
-		return nil
+	events.TypeUserDeleted: on(func(w *script, t Tables, e events.Envelope, ev events.UserDeleted) {
+		w.add(w.db.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id = ?", ev.UserID))
+		w.add(w.db.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id = ?", ev.UserID))
+		w.add(w.db.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id = ?", ev.UserID))
 	}),
 }
 
 // bumpVersion records that the user's aggregate moved to seq without a profile change, so a
 // user row's version is always its aggregate's last stream sequence.
-func bumpVersion(ctx context.Context, tx bun.IDB, t Tables, user uuid.UUID, seq uint64) error {
-	_, err := tx.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
-		Set("version = ?", seq).Where("id = ?", user).Exec(ctx)
+func bumpVersion(w *script, t Tables, user uuid.UUID, seq uint64) {
+	w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Set("version = ?", seq).Where("id = ?", user))
+}
+
+// script collects a batch's statements, rendered with their arguments inlined (as bun does
+// anyway), and sends them to the database many at a time: one round trip per scriptChunk
+// statements instead of one per statement, which is what makes batches fast.
+type script struct {
+	db  bun.IDB
+	gen schema.QueryGen
+	buf []byte
+	n   int
+	err error
+}
+
+const scriptChunk = 200
+
+func newScript(tx bun.Tx) *script {
+	return &script{db: tx, gen: tx.NewSelect().DB().QueryGen()}
+}
+
+// add renders a statement into the script.
+func (w *script) add(q schema.QueryAppender) {
+	if w.err != nil {
+		return
+	}
+	b, err := q.AppendQuery(w.gen, w.buf)
+	if err != nil {
+		w.err = err
+		return
+	}
+	w.buf = append(b, ";\n"...)
+	w.n++
+}
+
+// flush executes what the script holds. It runs on the raw transaction, so nothing re-parses
+// the rendered SQL for placeholders.
+func (w *script) flush(ctx context.Context, tx bun.Tx) error {
+	if w.err != nil {
+		return w.err
+	}
+	if w.n == 0 {
+		return nil
+	}
+	_, err := tx.Tx.ExecContext(ctx, string(w.buf))
+	w.buf, w.n = w.buf[:0], 0
 	return err
 }
 
@@ -114,11 +138,36 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 		pos, err = applyBatchTx(ctx, tx, t, batch)
 		return err
 	})
+	if err != nil && ctx.Err() == nil {
+		err = diagnose(ctx, db, t, batch, err)
+	}
 	return pos, err
+}
+
+var errDiagnosed = errors.New("diagnosed")
+
+// diagnose replays a failed batch one event per round trip in a transaction that is always
+// rolled back, so the error names the event that failed, not just the batch.
+func diagnose(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope, batchErr error) error {
+	var precise error
+	_ = db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+		_, precise = applyEvents(ctx, tx, t, batch, 1)
+		return errDiagnosed
+	})
+	if precise != nil {
+		return precise
+	}
+	return batchErr
 }
 
 // applyBatchTx is applyBatch inside the caller's transaction.
 func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope) (uint64, error) {
+	return applyEvents(ctx, tx, t, batch, scriptChunk)
+}
+
+// applyEvents applies the batch, sending the script every chunk statements (chunk 1: after
+// every event, so an error names its event).
+func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope, chunk int) (uint64, error) {
 	var pos uint64
 	q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
 	if isPG(tx) {
@@ -129,14 +178,28 @@ func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envel
 	}
 	last := pos
 	audit := make([]AuditRow, 0, len(batch))
+	w := newScript(tx)
+	first := uint64(0)
 	for _, e := range batch {
 		if e.Sequence <= pos {
 			continue
 		}
+		if first == 0 {
+			first = e.Sequence
+		}
 		if r, ok := reducers[e.Type]; ok {
-			if err := r(ctx, tx, t, e); err != nil {
+			if err := r(w, t, e); err != nil {
 				return 0, fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
 			}
+		}
+		if w.n >= chunk {
+			if err := w.flush(ctx, tx); err != nil {
+				if first == e.Sequence {
+					return 0, fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
+				}
+				return 0, fmt.Errorf("apply events %d..%d: %w", first, e.Sequence, err)
+			}
+			first = 0
 		}
 		row, err := auditRow(e)
 		if err != nil {
@@ -147,6 +210,9 @@ func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envel
 	}
 	if last == pos {
 		return pos, nil
+	}
+	if err := w.flush(ctx, tx); err != nil {
+		return 0, fmt.Errorf("apply events up to %d: %w", last, err)
 	}
 	if _, err := tx.NewInsert().Model(&audit).ModelTableExpr(t.Audit()).Exec(ctx); err != nil {
 		return 0, fmt.Errorf("audit log: %w", err)

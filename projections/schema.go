@@ -113,6 +113,25 @@ type tokenUsageRow struct {
 // CreateSchema creates the tables and indexes of one generation (idempotent) and its
 // checkpoint row.
 func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
+	if err := createTables(ctx, db, t); err != nil {
+		return err
+	}
+	return createIndexes(ctx, db, t)
+}
+
+// createIndexes creates a generation's secondary indexes (idempotent). A rebuild creates them
+// after the bulk of the replay: maintaining them row by row would cost more.
+func createIndexes(ctx context.Context, db bun.IDB, t Tables) error {
+	for _, idx := range indexDefs(t) {
+		if _, err := db.ExecContext(ctx, idx.sql); err != nil {
+			return fmt.Errorf("%s: %w", idx.sql, err)
+		}
+	}
+	return nil
+}
+
+// createTables creates a generation's tables and checkpoint row (idempotent).
+func createTables(ctx context.Context, db *bun.DB, t Tables) error {
 	models := []struct {
 		model any
 		table string
@@ -127,11 +146,6 @@ func CreateSchema(ctx context.Context, db *bun.DB, t Tables) error {
 	for _, m := range models {
 		if _, err := db.NewCreateTable().Model(m.model).ModelTableExpr(m.table).IfNotExists().Exec(ctx); err != nil {
 			return fmt.Errorf("create table %s: %w", m.table, err)
-		}
-	}
-	for _, idx := range indexDefs(t) {
-		if _, err := db.ExecContext(ctx, idx.sql); err != nil {
-			return fmt.Errorf("%s: %w", idx.sql, err)
 		}
 	}
 	_, err := db.NewInsert().Model(&checkpointRow{Name: t.Checkpoint(), UpdatedAt: time.Now().UTC()}).

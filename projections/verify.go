@@ -62,6 +62,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 	// Fold the stream up to the checkpoint, checking each aggregate's hash chain on the way.
 	histories := map[uuid.UUID][]events.Envelope{}
 	chains := map[string]string{}
+	hashed := map[string]bool{} // aggregates whose chain has begun
 	for from := uint64(1); from <= min(snap.Position, last); {
 		batch, err := cfg.Read(ctx, from, 1000)
 		if err != nil {
@@ -76,14 +77,20 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 			}
 			rep.Events++
 			switch {
-			case e.ChainHash == "": // written before tamper evidence existed: the chain restarts
+			case e.ChainHash == "" && !hashed[e.Subject]: // written before tamper evidence existed
 				chains[e.Subject] = ""
+			case e.ChainHash == "":
+				report(Difference{Kind: "hash_chain_broken", Aggregate: e.Subject, Sequence: e.Sequence,
+					Detail: "the event has no chain hash although earlier events of its aggregate have one: inserted"})
 			case events.ChainHash(chains[e.Subject], e.ContentHash) != e.ChainHash:
 				report(Difference{Kind: "hash_chain_broken", Aggregate: e.Subject, Sequence: e.Sequence,
 					Detail: "the event's chain hash does not follow from the previous event of its aggregate: altered, inserted or a predecessor removed"})
 				chains[e.Subject] = e.ChainHash
 			default:
 				chains[e.Subject] = e.ChainHash
+			}
+			if e.ChainHash != "" {
+				hashed[e.Subject] = true
 			}
 			if u, ok := userOf(e); ok {
 				histories[u] = append(histories[u], e)

@@ -86,7 +86,7 @@ func (c *cli) eventsTail(ctx context.Context, args []string) error {
 		return err
 	}
 	go func() { <-ctx.Done(); msgs.Stop() }()
-	for n := 0; count == 0 || n < count; n++ {
+	for n := 0; count == 0 || n < count; {
 		m, err := msgs.Next()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -106,6 +106,7 @@ func (c *cli) eventsTail(ctx context.Context, args []string) error {
 		if err := c.print(env); err != nil {
 			return err
 		}
+		n++
 	}
 	msgs.Stop()
 	return nil

@@ -66,6 +66,7 @@ func main() {
 // cli is one invocation: its settings, output and lazily opened connections.
 type cli struct {
 	natsURL, dbURL string
+	sqlitePath     string // set when the read model is the embedded default
 	out            *json.Encoder
 	stderr         io.Writer
 	tty            bool
@@ -105,7 +106,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if *dataDir == "" {
 			*dataDir = "./data"
 		}
-		c.dbURL = projections.SQLiteURL(filepath.Join(*dataDir, "identityd.db"))
+		c.sqlitePath = filepath.Join(*dataDir, "identityd.db")
+		c.dbURL = projections.SQLiteURL(c.sqlitePath)
 	}
 	defer c.close()
 
@@ -195,9 +197,16 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 	return st, nil
 }
 
-func (c *cli) database(ctx context.Context) (*bun.DB, error) {
+// database opens the read-model database. Unless create is set, an embedded-default SQLite
+// file must already exist (a typo in IDENTITYD_DATA_DIR should not look like an empty system).
+func (c *cli) database(ctx context.Context, create bool) (*bun.DB, error) {
 	if c.db != nil {
 		return c.db, nil
+	}
+	if c.sqlitePath != "" && !create {
+		if _, err := os.Stat(c.sqlitePath); err != nil {
+			return nil, fmt.Errorf("no read model at %s (set IDENTITYD_DATA_DIR to identityd's data dir, or IDENTITYD_DATABASE_URL): %w", c.sqlitePath, err)
+		}
 	}
 	db, err := projections.OpenDB(ctx, projections.DBConfig{URL: c.dbURL})
 	if err != nil {

@@ -14,7 +14,7 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 	if len(args) > 0 {
 		return usageError{"verify takes no arguments"}
 	}
-	db, err := c.database(ctx)
+	db, err := c.database(ctx, false)
 	if err != nil {
 		return err
 	}

@@ -280,7 +280,7 @@ func classify(err error) error {
 // directGetRequest is a batched direct get of the messages matching a subject filter.
 type directGetRequest struct {
 	Seq     uint64 `json:"seq"`
-	NextFor string `json:"next_by_subj"`
+	NextFor string `json:"next_by_subj,omitempty"`
 	Batch   int    `json:"batch"`
 }
 
@@ -305,6 +305,9 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 		return nil, classify(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	if filter == events.SubjectRoot+".>" {
+		filter = "" // the whole stream: the server's unfiltered path skips a costly subject match
+	}
 	var out []events.Envelope
 	seq := from
 	for {

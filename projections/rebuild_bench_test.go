@@ -1,0 +1,123 @@
+package projections_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/dbtest"
+)
+
+// benchEvents is the size of the stream the rebuild benchmark replays.
+const benchEvents = 100_000
+
+// seedStream publishes a realistic history of n events: users who register, set a password,
+// log in, rename themselves, and create and revoke API tokens.
+func seedStream(b *testing.B, n int) *eventstore.Store {
+	b.Helper()
+	srv, err := embedded.Start(embedded.Config{StoreDir: b.TempDir(), SyncInterval: time.Minute})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	nc, err := nats.Connect(srv.ClientURL())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(nc.Close)
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	if err != nil {
+		b.Fatal(err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	if err != nil {
+		b.Fatal(err)
+	}
+	at := time.Now().UTC().Truncate(time.Microsecond)
+	meta := events.Metadata{Actor: "system", RequestID: "bench"}
+	chains := map[uuid.UUID]string{}
+	publish := func(user uuid.UUID, e events.Event) {
+		m, chain, err := events.Encode(uuid.NewString(), at, meta, chains[user], e)
+		if err != nil {
+			b.Fatal(err)
+		}
+		chains[user] = chain
+		if _, err := js.PublishMsgAsync(m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < n; {
+		id := uuid.New()
+		tok := uuid.New()
+		perUser := []events.Event{
+			events.UserRegistered{UserID: id, Email: fmt.Sprintf("u%d@example.com", i), Name: "User", PersonalOrgSlug: fmt.Sprint("user-", i), RegisteredAt: at},
+			events.PasswordSet{UserID: id, PasswordHash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA"},
+			events.SessionStarted{UserID: id, SessionID: uuid.New(), Digest: uuid.NewString() + uuid.NewString(), StartedAt: at, ExpiresAt: at.Add(time.Hour)},
+			events.Renamed(id, "User", "Renamed"),
+			events.TokenCreated{UserID: id, TokenID: tok, Description: "ci", Digest: uuid.NewString() + uuid.NewString(), CreatedAt: at},
+			events.TokenCreated{UserID: id, TokenID: uuid.New(), Description: "laptop", Digest: uuid.NewString() + uuid.NewString(), CreatedAt: at},
+			events.TokenRevoked{UserID: id, TokenID: tok},
+			events.Renamed(id, "Renamed", "Final"),
+		}
+		for _, e := range perUser {
+			if i == n {
+				break
+			}
+			publish(id, e)
+			i++
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(2 * time.Minute):
+		b.Fatal("seeding the stream timed out")
+	}
+	if last, err := st.LastSequence(context.Background()); err != nil || last != uint64(n) {
+		b.Fatalf("stream holds %d events (err %v), want %d", last, err, n)
+	}
+	return st
+}
+
+// BenchmarkRebuild replays a 100,000-event stream into fresh read-model tables and switches
+// over, as `identityctl projections rebuild` does; it reports events/s. Run with
+// `make bench-rebuild` (PostgreSQL and SQLite).
+func BenchmarkRebuild(b *testing.B) {
+	st := seedStream(b, benchEvents)
+	for _, backend := range dbtest.Backends {
+		b.Run(backend.Name, func(b *testing.B) {
+			db := dbtest.Open(b, backend.URL(b))
+			ctx := context.Background()
+			if err := projections.CreateSchema(ctx, db, projections.CurrentTables); err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			var total time.Duration
+			for i := 0; i < b.N; i++ {
+				res, err := projections.Rebuild(ctx, projections.RebuildConfig{
+					DB: db,
+					Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
+						return st.Read(ctx, events.SubjectRoot+".>", from, limit)
+					},
+					Last: st.LastSequence,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res.Events != benchEvents {
+					b.Fatalf("replayed %d events, want %d", res.Events, benchEvents)
+				}
+				total += res.Duration
+			}
+			b.ReportMetric(float64(benchEvents*b.N)/total.Seconds(), "events/s")
+		})
+	}
+}

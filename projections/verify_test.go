@@ -1,0 +1,70 @@
+package projections
+
+import (
+	"context"
+	"testing"
+
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/events"
+)
+
+// TestVerifyHashChains: events written before tamper evidence (no chain hash) are accepted,
+// but once an aggregate's chain has begun, an event without a hash, or with a wrong one, is
+// reported.
+func TestVerifyHashChains(t *testing.T) {
+	ctx := context.Background()
+	alice := uuid.New()
+	batch := envelopes(1, registered(alice, "Alice"), events.Renamed(alice, "Alice", "A"), events.Renamed(alice, "A", "B"), events.Renamed(alice, "B", "C"))
+	chain := ""
+	for i := range batch {
+		if i == 0 {
+			continue // a legacy event: no hash
+		}
+		batch[i].ContentHash = "content-" + batch[i].ID
+		chain = events.ChainHash(chain, batch[i].ContentHash)
+		batch[i].ChainHash = chain
+	}
+	for _, c := range []struct {
+		name   string
+		mutate func([]events.Envelope)
+		broken uint64 // sequence reported, 0 for none
+	}{
+		{"intact", func([]events.Envelope) {}, 0},
+		{"hash removed after the chain began", func(b []events.Envelope) { b[3].ChainHash = "" }, 4},
+		{"content altered", func(b []events.Envelope) { b[2].ContentHash = "forged" }, 3},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			db, _ := newSchemaDB(t, testBackends[1], CurrentTables)
+			evs := append([]events.Envelope(nil), batch...)
+			c.mutate(evs)
+			if _, err := applyBatch(ctx, db, CurrentTables, evs); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := Verify(ctx, VerifyConfig{
+				DB: db,
+				Read: func(_ context.Context, from uint64, limit int) ([]events.Envelope, error) {
+					if from > uint64(len(evs)) {
+						return nil, nil
+					}
+					return evs[from-1 : min(len(evs), int(from-1)+limit)], nil
+				},
+				Last: func(context.Context) (uint64, error) { return uint64(len(evs)), nil },
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got uint64
+			for _, d := range rep.Differences {
+				if d.Kind == "hash_chain_broken" && got == 0 {
+					got = d.Sequence
+				} else if d.Kind != "hash_chain_broken" {
+					t.Errorf("unexpected difference %+v", d)
+				}
+			}
+			if got != c.broken {
+				t.Fatalf("broken chain reported at %d, want %d (%+v)", got, c.broken, rep.Differences)
+			}
+		})
+	}
+}
