@@ -10,7 +10,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help run build test test-short lint vet fmt nats-server clean
+.PHONY: help run build test test-short bench-rebuild lint vet fmt nats-server clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -33,6 +33,11 @@ test-short: ## Run all tests without -race (same PostgreSQL DSN)
 	test -n "$$dsn"; \
 	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
 	$(GO) test -count=1 ./...
+
+bench-rebuild: ## Benchmark rebuilding the read models from a 100,000-event stream (events/s)
+	dsn="$$(bash deploy/test-postgres.sh)"; \
+	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
+	$(GO) test -run '^$$' -bench Rebuild -benchtime 1x -timeout 30m ./projections/
 
 lint: ## gofmt check, go vet, then golangci-lint (.golangci.yml)
 	unformatted="$$(gofmt -l .)"; \
