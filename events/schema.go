@@ -27,7 +27,7 @@ var schemaFiles embed.FS
 // payload of each under "examples/". They are embedded so that the binary validates against, and
 // can serve, exactly the contract it was built with. Schemas of superseded versions stay here for
 // good: their events stay in the append-only stream and are still read.
-var SchemaFS fs.FS = mustSub(schemaFiles, "schemas")
+var SchemaFS = mustSub(schemaFiles, "schemas")
 
 func mustSub(f fs.FS, dir string) fs.FS {
 	sub, err := fs.Sub(f, dir)

@@ -72,7 +72,7 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		if err != nil {
 			return RebuildResult{}, err
 		}
-		if end-pos <= uint64(cfg.Batch) {
+		if end-pos <= uint64(cfg.Batch) { //nolint:gosec // Batch > 0 (defaulted above)
 			break
 		}
 		for pos < end {

@@ -288,7 +288,7 @@ func TestExactlyOnceAcrossStopAndCrash(t *testing.T) {
 	tr := newTracker()
 	const durable = "provisioner"
 
-	// Run 1: cancelled as soon as the 2nd event is saved.
+	// Run 1: canceled as soon as the 2nd event is saved.
 	err := h.runUntil(h.config(durable, statePath, tr, nil), func(cancel context.CancelFunc) func(int, uint64) error {
 		return func(n int, _ uint64) error {
 			if n == 2 {

@@ -12,7 +12,7 @@ import (
 	"github.com/identityd/identityd/events"
 )
 
-// run consumes the stream until ctx is cancelled (then it returns nil) or something needs a
+// run consumes the stream until ctx is canceled (then it returns nil) or something needs a
 // human or a restart (then it returns the error). It starts from the state file every time, so
 // after any error the safe recovery is simply to run again.
 func run(ctx context.Context, js jetstream.JetStream, cfg config) error {
@@ -81,7 +81,7 @@ func run(ctx context.Context, js jetstream.JetStream, cfg config) error {
 			cfg.StatePath, cfg.Durable, info.AckFloor.Consumer, cfg.Stream, cfg.Durable)
 	}
 	log.Info("consuming", "stream", cfg.Stream, "state", cfg.StatePath, "last_applied_seq", p.st.LastSeq,
-		"accounts", len(p.st.Accounts), "pending", info.NumPending+uint64(info.NumAckPending))
+		"accounts", len(p.st.Accounts), "pending", info.NumPending+uint64(info.NumAckPending)) //nolint:gosec // a count, never negative
 
 	// Messages is a pull iterator: we ask for the next message only when done with the last.
 	it, err := cons.Messages(jetstream.PullMaxMessages(1))
@@ -165,7 +165,7 @@ func (p *provisioner) handle(ctx context.Context, msg jetstream.Msg, cfg config)
 	return nil
 }
 
-// ack acks and waits for the server to confirm. It is deliberately not cancelled with ctx:
+// ack acks and waits for the server to confirm. It is deliberately not canceled with ctx:
 // on SIGTERM the message in hand is finished, ack included. A failure is only logged: the state
 // file already records the event, so the redelivery will be skipped.
 func (p *provisioner) ack(ctx context.Context, msg jetstream.Msg, seq uint64) {

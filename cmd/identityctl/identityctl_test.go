@@ -113,7 +113,7 @@ func TestVerifyDetectsForgedEvent(t *testing.T) {
 	h := w.seed()
 	ctx := context.Background()
 
-	// Copy bob's real rename, give it a new identity and a made-up chain hash, and append it
+	// Copy bob's orig rename, give it a new identity and a made-up chain hash, and append it
 	// straight to the stream, as someone with write access to NATS could.
 	js := w.store.JetStream()
 	stream, err := js.Stream(ctx, events.StreamName)
@@ -121,12 +121,12 @@ func TestVerifyDetectsForgedEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	subject := "identity.user." + h.bob.String() + ".renamed"
-	real, err := stream.GetLastMsgForSubject(ctx, subject)
+	orig, err := stream.GetLastMsgForSubject(ctx, subject)
 	if err != nil {
 		t.Fatal(err)
 	}
 	forged := nats.NewMsg(subject)
-	for k, v := range real.Header {
+	for k, v := range orig.Header {
 		if strings.HasPrefix(k, "ce-") || k == "Content-Type" {
 			forged.Header[k] = v
 		}
@@ -141,7 +141,7 @@ func TestVerifyDetectsForgedEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged.Data = []byte(strings.Replace(string(payload), `"schema_version":1`, `"schema_version":2`, 1))
-	if real.Header.Get(events.HeaderID) == forgedID || !strings.Contains(string(forged.Data), `"schema_version":2`) {
+	if orig.Header.Get(events.HeaderID) == forgedID || !strings.Contains(string(forged.Data), `"schema_version":2`) {
 		t.Fatal("forgery set-up")
 	}
 	ack, err := js.PublishMsg(ctx, forged)
