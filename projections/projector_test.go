@@ -18,27 +18,15 @@ import (
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
-func startStream(t *testing.T) (*eventstore.Store, *nats.Conn) {
+func startStream(t *testing.T) *eventstore.Store {
 	t.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st, nc
+	st, _ := eventstoretest.Start(t, embedded.Config{})
+	return st
 }
 
 // fold is the expected read model, computed from the stream alone.
@@ -140,10 +128,8 @@ func newProjector(t *testing.T, db *bun.DB, js jetstream.JetStream, batch int) (
 func verifyAll(t *testing.T, db *bun.DB, st *eventstore.Store) {
 	t.Helper()
 	rep, err := projections.Verify(context.Background(), projections.VerifyConfig{
-		DB: db,
-		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
-			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
-		},
+		DB:   db,
+		Read: st.ReadAll,
 		Last: st.LastSequence,
 	})
 	if err != nil {
@@ -171,7 +157,7 @@ func stopProjector(t *testing.T, p *projections.Projector, done chan error) {
 func TestProjectorSurvivesCrashes(t *testing.T) {
 	for _, b := range dbtest.Backends {
 		t.Run(b.Name, func(t *testing.T) {
-			st, _ := startStream(t)
+			st := startStream(t)
 			dbURL := b.URL(t)
 			f, last := writeHistory(t, st, 40, 25)
 			ctx := context.Background()
@@ -212,7 +198,7 @@ func TestProjectorSurvivesCrashes(t *testing.T) {
 // TestTwoProjectorsShareOneDatabase: two instances project into one database at once; the
 // checkpoint lock makes each event apply once.
 func TestTwoProjectorsShareOneDatabase(t *testing.T) {
-	st, _ := startStream(t)
+	st := startStream(t)
 	dbURL := dbtest.PostgresURL(t)
 	db1, db2 := dbtest.Open(t, dbURL), dbtest.Open(t, dbURL)
 	p1, d1 := newProjector(t, db1, st.JetStream(), 20)
@@ -234,7 +220,7 @@ func TestTwoProjectorsShareOneDatabase(t *testing.T) {
 // TestPoisonEventIsSetAside: an event no reducer can decode goes to the poison stream and the
 // projection carries on with the events after it.
 func TestPoisonEventIsSetAside(t *testing.T) {
-	st, nc := startStream(t)
+	st := startStream(t)
 	db := dbtest.Open(t, dbtest.SQLiteURL(t))
 	p, done := newProjector(t, db, st.JetStream(), 100)
 	defer stopProjector(t, p, done)
@@ -246,7 +232,6 @@ func TestPoisonEventIsSetAside(t *testing.T) {
 	if _, err := js.PublishMsg(context.Background(), bad); err != nil {
 		t.Fatal(err)
 	}
-	_ = nc
 	f, last := writeHistory(t, st, 3, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

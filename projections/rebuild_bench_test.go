@@ -7,12 +7,12 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
@@ -24,21 +24,8 @@ const benchEvents = 100_000
 // log in, rename themselves, and create and revoke API tokens.
 func seedStream(b *testing.B, n int) *eventstore.Store {
 	b.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: b.TempDir(), SyncInterval: time.Minute})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
-	if err != nil {
-		b.Fatal(err)
-	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4096))
+	st, _ := eventstoretest.Start(b, embedded.Config{SyncInterval: time.Minute}) // seeding need not fsync each event
+	js, err := jetstream.New(st.Conn(), jetstream.WithPublishAsyncMaxPending(4096))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -103,10 +90,8 @@ func BenchmarkRebuild(b *testing.B) {
 			var total time.Duration
 			for i := 0; i < b.N; i++ {
 				res, err := projections.Rebuild(ctx, projections.RebuildConfig{
-					DB: db,
-					Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
-						return st.Read(ctx, events.SubjectRoot+".>", from, limit)
-					},
+					DB:   db,
+					Read: st.ReadAll,
 					Last: st.LastSequence,
 				})
 				if err != nil {

@@ -16,13 +16,13 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 )
 
 // harness is a real NATS server with identityd's stream, an event writer that goes through the
@@ -37,20 +37,7 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := eventstoretest.Start(t, embedded.Config{})
 	return &harness{t: t, store: st, js: st.JetStream(), model: map[string]account{}}
 }
 

@@ -113,7 +113,7 @@ func TestVerifyDetectsForgedEvent(t *testing.T) {
 	h := w.seed()
 	ctx := context.Background()
 
-	// Copy bob's orig rename, give it a new identity and a made-up chain hash, and append it
+	// Copy bob's original rename, give it a new identity and a made-up chain hash, and append it
 	// straight to the stream, as someone with write access to NATS could.
 	js := w.store.JetStream()
 	stream, err := js.Stream(ctx, events.StreamName)

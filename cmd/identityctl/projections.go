@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 
-	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -62,10 +61,8 @@ func (c *cli) projectionsRebuild(ctx context.Context, args []string) error {
 	}
 	prog := c.newProgress("rebuild")
 	res, err := projections.Rebuild(ctx, projections.RebuildConfig{
-		DB: db,
-		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
-			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
-		},
+		DB:       db,
+		Read:     st.ReadAll,
 		Last:     st.LastSequence,
 		Progress: prog.update,
 	})

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 
-	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -24,10 +23,8 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 	}
 	prog := c.newProgress("verify")
 	rep, err := projections.Verify(ctx, projections.VerifyConfig{
-		DB: db,
-		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
-			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
-		},
+		DB:       db,
+		Read:     st.ReadAll,
 		Last:     st.LastSequence,
 		Progress: prog.update,
 	})

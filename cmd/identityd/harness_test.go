@@ -58,10 +58,8 @@ func (e *env) verify() {
 	st := e.store()
 	db := dbtest.Open(e.t, e.dbURL)
 	rep, err := projections.Verify(context.Background(), projections.VerifyConfig{
-		DB: db,
-		Read: func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
-			return st.Read(ctx, events.SubjectRoot+".>", from, limit)
-		},
+		DB:   db,
+		Read: st.ReadAll,
 		Last: st.LastSequence,
 	})
 	if err != nil {

@@ -111,6 +111,9 @@ func (s *Store) StreamConfig() jetstream.StreamConfig {
 	}
 }
 
+// Conn is the NATS connection the store uses.
+func (s *Store) Conn() *nats.Conn { return s.nc }
+
 // JetStream is the JetStream context the store uses, for consumers of the same stream.
 func (s *Store) JetStream() jetstream.JetStream { return s.js }
 
@@ -352,6 +355,12 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 			return out, nil
 		}
 	}
+}
+
+// ReadAll reads up to limit events of every subject from stream sequence `from` on: the reader
+// that rebuilds and verification need (projections.StreamReader).
+func (s *Store) ReadAll(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
+	return s.Read(ctx, events.SubjectRoot+".>", from, limit)
 }
 
 // LastSequence is the stream's last sequence: where a reader that wants everything stored so

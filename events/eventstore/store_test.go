@@ -8,30 +8,17 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
 
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 )
 
 func openStore(t *testing.T) *eventstore.Store {
 	t.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	nc, err := nats.Connect(srv.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st, _ := eventstoretest.Start(t, embedded.Config{})
 	return st
 }
 
