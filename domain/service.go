@@ -439,18 +439,32 @@ func (s *Service) update(ctx context.Context, meta events.Metadata, scope string
 	unlock := s.lock(id)
 	defer unlock()
 	for attempt := 1; ; attempt++ {
-		u, err := s.loadUser(ctx, id, attempt > 1)
+		// The first attempt decides on the cached state without asking the stream: if that
+		// state is stale, the append's expectation fails and the next attempt reloads. Only an
+		// answer that appends nothing (a refusal, or a no-op) must first be checked against
+		// the stream, because no expectation will catch a stale decision then.
+		u, cached, err := s.userForDecision(ctx, id, attempt > 1)
 		if err != nil {
 			return Result{}, err
 		}
 		if !u.active() {
+			if cached && s.stale(ctx, u) {
+				continue
+			}
 			return Result{}, ErrUserNotFound
 		}
 		if err := decide(u); err != nil {
 			s.cache.drop(id) // decide may have raised events before failing
+			if cached && s.stale(ctx, u) {
+				continue
+			}
 			return Result{}, err
 		}
 		if len(u.changes) == 0 { // nothing changed; still wait for what is already stored
+			if cached && s.stale(ctx, u) {
+				s.cache.drop(id)
+				continue
+			}
 			if view != nil {
 				view(u)
 			}
@@ -475,6 +489,25 @@ func (s *Service) update(ctx context.Context, meta events.Metadata, scope string
 		}
 		return Result{Seq: seq}, nil
 	}
+}
+
+// userForDecision returns the cached aggregate as is (cached = true), or a freshly loaded one.
+func (s *Service) userForDecision(ctx context.Context, id uuid.UUID, fresh bool) (*User, bool, error) {
+	if !fresh {
+		if u := s.cache.get(id); u != nil {
+			return u, true, nil
+		}
+	}
+	u, err := s.loadUser(ctx, id, true)
+	return u, false, err
+}
+
+// stale reports whether the stream holds events of u that were stored after u.version (by
+// another instance). An unreadable stream counts as stale, so the caller retries and surfaces
+// the error from a fresh load.
+func (s *Service) stale(ctx context.Context, u *User) bool {
+	newer, err := s.store.Load(ctx, events.UserAggregate(u.id), u.version)
+	return err != nil || len(newer) > 0
 }
 
 // read runs f on the user's current state under the user's lock.

@@ -946,8 +946,10 @@ func TestCachedUserCatchesUpWithOtherInstances(t *testing.T) {
 			if fmt.Sprint(got) != fmt.Sprint(tc.wantTypes) {
 				t.Errorf("appended %v, want %v", got, tc.wantTypes)
 			}
-			if n := st.appendCalls() - calls; n != len(tc.wantTypes) {
-				t.Errorf("%d append calls: the cached state was stale and had to be retried", n)
+			// A command that appends decides on the cached state first and lets the stream's
+			// expectation catch staleness: at most one refused append, then the fresh state.
+			if n := st.appendCalls() - calls; n < len(tc.wantTypes) || n > len(tc.wantTypes)+1 {
+				t.Errorf("%d append calls, want %d (plus at most one refused on stale state)", n, len(tc.wantTypes))
 			}
 		})
 	}
