@@ -65,8 +65,16 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 	if _, err := cfg.DB.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 0").Where("name = ?", next.Checkpoint()).Exec(ctx); err != nil {
 		return RebuildResult{}, err
 	}
-	var pos, replayed uint64
-	// Catch up outside the lock until the remainder is small.
+	// The bulk: fold everything stored so far in memory, insert the final rows in bulk.
+	end, err := cfg.Last(ctx)
+	if err != nil {
+		return RebuildResult{}, err
+	}
+	pos, replayed, err := bulkLoad(ctx, cfg.DB, next, cfg.Read, end, cfg.Batch, cfg.Progress)
+	if err != nil {
+		return RebuildResult{}, err
+	}
+	// What arrived meanwhile: event by event, outside the lock, until the remainder is small.
 	for {
 		end, err := cfg.Last(ctx)
 		if err != nil {
@@ -96,7 +104,7 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		return RebuildResult{}, err
 	}
 	// Switch over: the rest, under the live checkpoint's lock, then swap the tables.
-	err := cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
+	err = cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", cfg.Live.Checkpoint())
 		if isPG(tx) {
 			q = q.For("UPDATE")
