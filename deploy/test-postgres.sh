@@ -213,8 +213,12 @@ start_throwaway() {
 	as_owner "$pg_ctl" -D "$datadir" status >/dev/null 2>&1 &&
 		as_owner "$pg_ctl" -D "$datadir" -m fast -w stop >/dev/null 2>&1 || true
 
-	local p
-	for ((p = 55432; p <= 55532; p++)); do
+	local p ports=() saved=""
+	# Reuse the port this cluster had (a restarted cluster keeps its DSN), then any free one.
+	[[ -f "$base/port" ]] && saved="$(cat "$base/port")"
+	[[ -n "$saved" ]] && ports+=("$saved")
+	for ((p = 55432; p <= 55532; p++)); do ports+=("$p"); done
+	for p in "${ports[@]}"; do
 		port_in_use "$p" && continue
 		[[ -e "$sockdir/.s.PGSQL.$p" ]] && continue
 		log "starting throwaway PostgreSQL on 127.0.0.1:$p (data $datadir, log $logfile)"

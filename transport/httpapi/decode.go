@@ -55,6 +55,10 @@ func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
 }
 
 func decodeError(err error) error {
+	var ae *apiError
+	if errors.As(err, &ae) { // a field's own UnmarshalJSON said precisely what is wrong
+		return ae
+	}
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {

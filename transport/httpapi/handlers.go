@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"html"
 	"net/http"
@@ -198,16 +199,35 @@ func (a *API) listTokens(c *gin.Context) {
 }
 
 type createTokenRequest struct {
-	Description *string    `json:"description"`
-	ExpiresAt   *time.Time `json:"expires_at"`
+	Description *string     `json:"description"`
+	ExpiresAt   expiryField `json:"expires_at"`
+}
+
+// expiryField is expires_at: an RFC 3339 date-time or null. Anything else is refused as
+// invalid_expires_at, not as a generic decoding error.
+type expiryField struct{ t *time.Time }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *expiryField) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		f.t = nil
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fail("invalid_expires_at", "expires_at must be an RFC 3339 date-time string such as 2030-01-02T15:04:05Z, or null")
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return fail("invalid_expires_at", "expires_at must be an RFC 3339 date-time such as 2030-01-02T15:04:05Z, or null")
+	}
+	f.t = &t
+	return nil
 }
 
 func (a *API) createToken(c *gin.Context) {
 	var req createTokenRequest
 	if err := decodeJSON(c, &req, true); err != nil {
-		if ae, ok := err.(*apiError); ok && strings.Contains(ae.message, "time") { //nolint:errorlint // our own type, never wrapped
-			err = fail("invalid_expires_at", "expires_at must be an RFC 3339 date-time such as 2030-01-02T15:04:05Z, or null")
-		}
 		a.abort(c, err)
 		return
 	}
@@ -216,7 +236,7 @@ func (a *API) createToken(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	in := domain.CreateToken{ExpiresAt: req.ExpiresAt, IdempotencyKey: key}
+	in := domain.CreateToken{ExpiresAt: req.ExpiresAt.t, IdempotencyKey: key}
 	if req.Description != nil {
 		in.Description = *req.Description
 	}

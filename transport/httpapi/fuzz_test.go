@@ -1,0 +1,260 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/gin-gonic/gin"
+)
+
+// decodeTargets are the real request structs decodeJSON fills, with the allowEmpty each
+// handler passes.
+var decodeTargets = []struct {
+	name       string
+	new        func() any
+	allowEmpty bool
+}{
+	{"signUpRequest", func() any { return new(signUpRequest) }, false},
+	{"updateUserRequest", func() any { return new(updateUserRequest) }, false},
+	{"createTokenRequest", func() any { return new(createTokenRequest) }, true},
+	{"logInRequest", func() any { return new(logInRequest) }, false},
+}
+
+// testContext is a gin context for a POST with this body and Content-Type ("" sends none).
+func testContext(body []byte, contentType string) *gin.Context {
+	gin.SetMode(gin.ReleaseMode)
+	c, _ := gin.CreateTestContext(httptest.NewRecorder())
+	c.Request = httptest.NewRequest(http.MethodPost, "/api/v0/users", bytes.NewReader(body))
+	if contentType != "" {
+		c.Request.Header["Content-Type"] = []string{contentType}
+	}
+	return c
+}
+
+// checkAPIError fails unless err is one of our own errors, in the catalog, with a 4xx status.
+func checkAPIError(t *testing.T, err error) *apiError {
+	t.Helper()
+	ae, ok := err.(*apiError) //nolint:errorlint // decodeJSON returns our own type, never wrapped
+	if !ok {
+		t.Fatalf("error %T %v is not an *apiError", err, err)
+	}
+	entry, ok := codes[ae.code]
+	if !ok {
+		t.Fatalf("code %q is not in the catalog", ae.code)
+	}
+	if entry.Status < 400 || entry.Status > 499 {
+		t.Fatalf("code %q has status %d, want 4xx", ae.code, entry.Status)
+	}
+	if ae.message == "" {
+		t.Fatalf("code %q without a message", ae.code)
+	}
+	return ae
+}
+
+func FuzzDecodeJSON(f *testing.F) {
+	seeds := []struct {
+		body, ct string
+	}{
+		{`{"email":"ada@example.com","name":"Ada","password":"correct horse"}`, "application/json"},
+		{`{"name":"Ada King"}`, "application/json; charset=utf-8"},
+		{`{"description":"laptop","expires_at":"2030-01-01T00:00:00Z"}`, "application/vnd.api+json"},
+		{`{"expires_at":null}`, ""},
+		{``, "application/json"},
+		{`   `, "application/json"},
+		{`{}`, "text/plain"},
+		{`{}`, "application/json; charset"},
+		{`{"name":"a"}{"name":"b"}`, "application/json"},
+		{`{"name":"a","name":"b"}`, "application/json"},
+		{`{"name":1e999}`, "application/json"},
+		{`{"expires_at":1e999}`, "application/json"},
+		{`{"expires_at":"not a time"}`, "application/json"},
+		{`{"__proto__":{"admin":true}}`, "application/json"},
+		{`{"name":"'; DROP TABLE users_v1; --"}`, "application/json"},
+		{"{\"name\":\"\xff\xfe\"}", "application/json"},
+		{"{\"name\":\"a\x00b\"}", "application/json"},
+		{`{"name":"\u0000"}`, "application/json"},
+		{`[[[[[[[[[[]]]]]]]]]]`, "application/json"},
+		{`null`, "application/json"},
+		{`"x"`, "application/json"},
+		{`{"name":`, "application/json"},
+		{`{"name":"a"} trailing`, "application/json"},
+		{strings.Repeat("[", 20000), "application/json"},
+		{`{"name":"` + strings.Repeat("x", maxBody) + `"}`, "application/json"},
+	}
+	for _, s := range seeds {
+		for i := range decodeTargets {
+			f.Add([]byte(s.body), s.ct, uint8(i))
+		}
+	}
+	f.Fuzz(func(t *testing.T, body []byte, contentType string, target uint8) {
+		tg := decodeTargets[int(target)%len(decodeTargets)]
+		v := tg.new()
+		err := decodeJSON(testContext(body, contentType), v, tg.allowEmpty)
+		if err != nil {
+			checkAPIError(t, err)
+			return
+		}
+		// Accepted: it must have been within every rule decodeJSON promises.
+		if len(body) > maxBody {
+			t.Fatalf("accepted a body of %d bytes", len(body))
+		}
+		if len(bytes.TrimSpace(body)) == 0 {
+			if !tg.allowEmpty {
+				t.Fatalf("%s: accepted an empty body", tg.name)
+			}
+			return
+		}
+		if !utf8.Valid(body) {
+			t.Fatalf("accepted invalid UTF-8 %q", body)
+		}
+		if !json.Valid(body) {
+			t.Fatalf("accepted invalid JSON %q", body)
+		}
+		if trimmed := bytes.TrimSpace(body); trimmed[0] != '{' && !bytes.Equal(trimmed, []byte("null")) {
+			t.Fatalf("%s: accepted a non-object %q", tg.name, body)
+		}
+	})
+}
+
+func FuzzIdempotencyKey(f *testing.F) {
+	for _, k := range []string{"", "laptop-1", "signup-1", " ", "a b", "\t", "\x7f", "é", "\x00",
+		strings.Repeat("k", 255), strings.Repeat("k", 256), "~!@#$%^&*()_+{}|:<>?", "key\r\nX-Injected: 1"} {
+		f.Add(k)
+	}
+	f.Fuzz(func(t *testing.T, key string) {
+		c := testContext(nil, "")
+		c.Request.Header["Idempotency-Key"] = []string{key}
+		got, err := idempotencyKey(c)
+		valid := len(key) <= 255
+		for i := 0; i < len(key); i++ {
+			if key[i] < 0x21 || key[i] > 0x7e {
+				valid = false
+			}
+		}
+		switch {
+		case key == "":
+			if got != "" || err != nil {
+				t.Fatalf("absent key: (%q, %v)", got, err)
+			}
+		case err != nil:
+			if ae := checkAPIError(t, err); ae.code != "invalid_idempotency_key" {
+				t.Fatalf("key %q: code %q", key, ae.code)
+			}
+			if valid {
+				t.Fatalf("refused the valid key %q: %v", key, err)
+			}
+		default:
+			if !valid {
+				t.Fatalf("accepted the key %q (%d bytes)", key, len(key))
+			}
+			if got != key {
+				t.Fatalf("key %q came back as %q", key, got)
+			}
+		}
+	})
+}
+
+// TestDecodeJSONHostileBodies: hostile bodies are refused with the right 4xx code, or (for
+// what is valid JSON of the right shape) decoded to exactly what was sent, never a panic.
+func TestDecodeJSONHostileBodies(t *testing.T) {
+	deep := func(n int) string { return strings.Repeat("[", n) + strings.Repeat("]", n) }
+	cases := []struct {
+		name, body, ct string
+		target         int    // index into decodeTargets
+		code           string // "" = accepted
+		check          func(t *testing.T, v any)
+	}{
+		{name: "huge string over the limit", body: `{"name":"` + strings.Repeat("x", 100_000) + `"}`, target: 1, code: "request_too_large"},
+		{name: "one byte over the limit", body: `{"name":"` + strings.Repeat("x", maxBody-10) + `"}`, target: 1, code: "request_too_large"},
+		{name: "100k nested arrays (over the limit)", body: deep(100_000), target: 1, code: "request_too_large"},
+		{name: "32k nested arrays within the limit", body: deep(maxBody / 2), target: 1, code: "invalid_json"},
+		{name: "64k unclosed arrays within the limit", body: strings.Repeat("[", maxBody), target: 1, code: "invalid_json"},
+		{name: "nested arrays in a field", body: `{"name":` + deep(maxBody/2-6) + `}`, target: 1, code: "invalid_json"},
+		{name: "nested objects in a field", body: `{"name":` + strings.Repeat(`{"a":`, 10_000) + `1` + strings.Repeat("}", 10_000) + `}`, target: 1, code: "invalid_json"},
+		{name: "shallow nested array in a field", body: `{"name":[[[]]]}`, target: 1, code: "invalid_request"},
+		{name: "invalid UTF-8", body: "{\"name\":\"\xc3\x28\"}", target: 1, code: "invalid_json"},
+		{name: "overlong UTF-8 slash", body: "{\"name\":\"\xc0\xaf\"}", target: 1, code: "invalid_json"},
+		{name: "UTF-16 surrogate bytes", body: "{\"name\":\"\xed\xa0\x80\"}", target: 1, code: "invalid_json"},
+		{name: "raw NUL byte in a string", body: "{\"name\":\"a\x00b\"}", target: 1, code: "invalid_json"},
+		{name: "raw NUL byte between tokens", body: "{\"name\":\"a\"}\x00", target: 1, code: "invalid_json"},
+		{name: "escaped NUL reaches the domain's validation verbatim", body: `{"name":"a\u0000b"}`, target: 1,
+			check: func(t *testing.T, v any) {
+				if n := v.(*updateUserRequest).Name; n == nil || *n != "a\x00b" {
+					t.Fatalf("name = %v", n)
+				}
+			}},
+		{name: "duplicate keys", body: `{"name":"first","name":"second"}`, target: 1,
+			// encoding/json keeps the last one; a decoder that took the first would let a
+			// proxy and identityd disagree about the value. Refusing would be better still.
+			check: func(t *testing.T, v any) {
+				if n := v.(*updateUserRequest).Name; n == nil || *n != "second" {
+					t.Fatalf("duplicate keys decoded to %v, want the last value", n)
+				}
+			}},
+		{name: "duplicate keys differing in case", body: `{"name":"first","NAME":"second"}`, target: 1,
+			check: func(t *testing.T, v any) {
+				if n := v.(*updateUserRequest).Name; n == nil || *n != "second" {
+					t.Fatalf("case-folded duplicate decoded to %v", n)
+				}
+			}},
+		{name: "1e999 for a string", body: `{"name":1e999}`, target: 1, code: "invalid_request"},
+		{name: "1e999 as the body", body: `1e999`, target: 1, code: "invalid_request"},
+		{name: "1e999 for expires_at", body: `{"expires_at":1e999}`, target: 2, code: "invalid_expires_at"},
+		{name: "-1e999 for the password", body: `{"email":"a@b.c","name":"n","password":-1e999}`, target: 0, code: "invalid_request"},
+		{name: "huge integer for the description", body: `{"description":` + strings.Repeat("9", 5000) + `}`, target: 2, code: "invalid_request"},
+		{name: "__proto__", body: `{"__proto__":{"admin":true}}`, target: 1, code: "invalid_request"},
+		{name: "constructor.prototype", body: `{"constructor":{"prototype":{"admin":true}}}`, target: 0, code: "invalid_request"},
+		{name: "SQL in a key", body: `{"name' OR '1'='1":"x"}`, target: 1, code: "invalid_request"},
+		{name: "SQL in a value stays data", body: `{"name":"Robert'); DROP TABLE users_v1;--"}`, target: 1,
+			check: func(t *testing.T, v any) {
+				if n := v.(*updateUserRequest).Name; n == nil || *n != "Robert'); DROP TABLE users_v1;--" {
+					t.Fatalf("name = %v", n)
+				}
+			}},
+		{name: "SQL as the body", body: `'; SELECT pg_sleep(10); --`, target: 1, code: "invalid_json"},
+		{name: "two values", body: `{"name":"a"}{"name":"b"}`, target: 1, code: "invalid_json"},
+		{name: "trailing garbage", body: `{"name":"a"} x`, target: 1, code: "invalid_json"},
+		{name: "truncated", body: `{"name":"a`, target: 1, code: "invalid_json"},
+		{name: "array body", body: `[{"name":"a"}]`, target: 1, code: "invalid_request"},
+		{name: "empty body where one is required", body: ``, target: 0, code: "invalid_json"},
+		{name: "empty body allowed for token create", body: " \n", target: 2},
+		{name: "wrong content type", body: `{"name":"a"}`, ct: "text/plain", target: 1, code: "unsupported_media_type"},
+		{name: "form content type", body: `name=a`, ct: "application/x-www-form-urlencoded", target: 1, code: "unsupported_media_type"},
+		{name: "malformed content type", body: `{"name":"a"}`, ct: "application/json; charset", target: 1, code: "unsupported_media_type"},
+		{name: "content type with NUL", body: `{"name":"a"}`, ct: "application/json\x00", target: 1, code: "unsupported_media_type"},
+		{name: "BOM", body: "\xef\xbb\xbf{\"name\":\"a\"}", target: 1, code: "invalid_json"},
+		{name: "time with month 13", body: `{"expires_at":"2030-13-01T00:00:00Z"}`, target: 2, code: "invalid_expires_at"},
+		{name: "type confusion on expires_at", body: `{"expires_at":{"$gt":""}}`, target: 2, code: "invalid_expires_at"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ct := tc.ct
+			if ct == "" {
+				ct = "application/json"
+			}
+			tg := decodeTargets[tc.target]
+			v := tg.new()
+			err := decodeJSON(testContext([]byte(tc.body), ct), v, tg.allowEmpty)
+			if tc.code == "" {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				if tc.check != nil {
+					tc.check(t, v)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("accepted, want %s", tc.code)
+			}
+			if ae := checkAPIError(t, err); ae.code != tc.code {
+				t.Fatalf("code %q (%s), want %q", ae.code, ae.message, tc.code)
+			}
+		})
+	}
+}
