@@ -70,7 +70,11 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 		case in <- m:
 		case <-s.closing:
 		}
-	}, jetstream.PullMaxMessages(s.maxBatch))
+	}, jetstream.PullMaxMessages(s.maxBatch),
+		// Short pulls with frequent heartbeats: when the server this client talks to dies, the
+		// ordered consumer notices within seconds and resumes elsewhere, instead of stalling
+		// the projection (and every write waiting to read its own result) for the default 30 s.
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("consume: %w", err)
 	}

@@ -42,7 +42,7 @@ var settings = []setting{
 	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "directory for the embedded NATS store, the SQLite read model and the generated secret key"},
 	{"IDENTITYD_NATS_URL", "nats-url", "", "external NATS server URL (nats://host:4222); unset: run an embedded NATS server"},
 	{"IDENTITYD_NATS_LISTEN", "nats-listen", "127.0.0.1:14222", "client address of the embedded NATS server, so other programs can subscribe to the stream"},
-	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "1", "replicas of the event stream (3 on a NATS cluster)"},
+	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "0", "replicas of the event stream (3 on a NATS cluster); 0 keeps the existing stream's (1 for a new one)"},
 	{"IDENTITYD_DATABASE_URL", "database-url", "", "read-model database: postgres://user@host:5432/db?sslmode=disable; unset: SQLite file in the data dir"},
 	{"IDENTITYD_SECRET_KEY", "secret-key", "", "hex key (>= 32 bytes) deriving idempotent ids and secrets; instances sharing users must share it; unset: generated into the data dir"},
 	{"IDENTITYD_PUBLIC_URL", "public-url", "", "externally visible base URL, used in error doc_url links; unset: http://<http-addr>"},
@@ -90,8 +90,8 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	var errs []error
 	var err error
-	if c.NATSReplicas, err = strconv.Atoi(get("IDENTITYD_NATS_REPLICAS")); err != nil || c.NATSReplicas < 1 {
-		errs = append(errs, errors.New("IDENTITYD_NATS_REPLICAS must be a positive integer"))
+	if c.NATSReplicas, err = strconv.Atoi(get("IDENTITYD_NATS_REPLICAS")); err != nil || c.NATSReplicas < 0 || c.NATSReplicas > 5 {
+		errs = append(errs, errors.New("IDENTITYD_NATS_REPLICAS must be an integer from 0 (keep the stream's) to 5"))
 	}
 	if k := get("IDENTITYD_SECRET_KEY"); k != "" {
 		if c.SecretKey, err = hex.DecodeString(k); err != nil || len(c.SecretKey) < 32 {

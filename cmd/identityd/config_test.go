@@ -40,7 +40,7 @@ func TestConfigRejectsBadValues(t *testing.T) {
 	env := map[string]string{
 		"IDENTITYD_SECRET_KEY":    "short",
 		"IDENTITYD_SESSION_TTL":   "forever",
-		"IDENTITYD_NATS_REPLICAS": "0",
+		"IDENTITYD_NATS_REPLICAS": "-1",
 		"IDENTITYD_LOG_LEVEL":     "loud",
 	}
 	_, err := loadConfig(nil, func(k string) string { return env[k] }, &bytes.Buffer{})

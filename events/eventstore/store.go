@@ -31,7 +31,9 @@ type Config struct {
 	Conn *nats.Conn
 	// Stream is the stream name (default events.StreamName).
 	Stream string
-	// Replicas is the stream's replication factor (default 1).
+	// Replicas is the stream's replication factor. 0 keeps an existing stream's and creates a
+	// new one with 1, so a tool that opens the store to read never downgrades a replicated
+	// stream.
 	Replicas int
 	// Duplicates is the Nats-Msg-Id deduplication window (default 2 minutes).
 	Duplicates time.Duration
@@ -42,9 +44,6 @@ type Config struct {
 func (c *Config) fill() {
 	if c.Stream == "" {
 		c.Stream = events.StreamName
-	}
-	if c.Replicas <= 0 {
-		c.Replicas = 1
 	}
 	if c.Duplicates <= 0 {
 		c.Duplicates = 2 * time.Minute
@@ -59,8 +58,8 @@ func (c Config) Validate() error {
 	if c.Conn == nil {
 		return errors.New("eventstore: Conn is required")
 	}
-	if c.Replicas > 5 {
-		return errors.New("eventstore: Replicas must be at most 5")
+	if c.Replicas < 0 || c.Replicas > 5 {
+		return errors.New("eventstore: Replicas must be from 0 (keep the stream's) to 5")
 	}
 	return nil
 }
@@ -86,6 +85,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, nc: cfg.Conn, js: js}
+	if s.cfg.Replicas == 0 {
+		s.cfg.Replicas = 1
+		if existing, err := js.Stream(ctx, cfg.Stream); err == nil {
+			s.cfg.Replicas = existing.CachedInfo().Config.Replicas
+		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("eventstore: look up stream %s: %w", cfg.Stream, err)
+		}
+	}
 	if _, err := js.CreateOrUpdateStream(ctx, s.StreamConfig()); err != nil {
 		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
 	}

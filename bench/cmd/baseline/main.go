@@ -32,7 +32,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
 
-	"github.com/identityd/identityd/bench/internal/benchtoken"
+	"github.com/identityd/identityd/bench/benchtoken"
 	"github.com/identityd/identityd/projections"
 )
 

@@ -18,7 +18,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/identityd/identityd/bench/internal/benchtoken"
+	"github.com/identityd/identityd/bench/benchtoken"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
