@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -56,34 +57,23 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
-	cons, err := s.js.OrderedConsumer(ctx, s.stream, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{topic},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    pos + 1,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("ordered consumer: %w", err)
-	}
 	in := make(chan jetstream.Msg, 4*s.maxBatch)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		select {
-		case in <- m:
-		case <-s.closing:
-		}
-	}, jetstream.PullMaxMessages(s.maxBatch),
-		// Short pulls with frequent heartbeats: when the server this client talks to dies, the
-		// ordered consumer notices within seconds and resumes elsewhere, instead of stalling
-		// the projection (and every write waiting to read its own result) for the default 30 s.
-		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	f := &feed{s: s, topic: topic, in: in}
+	f.lastSeen.Store(pos)
+	cc, err := f.consume(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("consume: %w", err)
+		return nil, err
 	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f.watch(ctx, cc)
+	}()
 	out := make(chan *message.Message)
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
 		defer close(out)
-		defer cc.Stop()
 		for {
 			var first jetstream.Msg
 			select {
@@ -111,6 +101,105 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 		}
 	}()
 	return out, nil
+}
+
+// feed keeps an ordered consumer delivering into in, and replaces it when it stalls.
+//
+// The ordered consumer of nats.go recreates itself after missed heartbeats, but with backoff
+// up to 10 s; when the server that hosted it dies in a cluster, the projection — and every
+// write waiting to read its own result — would stall that long. The watchdog notices that the
+// stream has moved on while nothing arrives, and starts a fresh consumer after the last event
+// delivered. Deliveries from a replaced consumer are dropped, so nothing is delivered twice or
+// out of order.
+type feed struct {
+	s        *streamSubscriber
+	topic    string
+	in       chan jetstream.Msg
+	gen      atomic.Int64  // the current consumer's generation
+	lastSeen atomic.Uint64 // stream sequence of the last message handed to in
+	lastAt   atomic.Int64  // when it was handed (unix nanoseconds)
+}
+
+// stallAfter is how long the feed may stay silent while the stream has newer events.
+const stallAfter = 2 * time.Second
+
+func (f *feed) consume(ctx context.Context) (jetstream.ConsumeContext, error) {
+	gen := f.gen.Add(1)
+	f.lastAt.Store(time.Now().UnixNano())
+	cons, err := f.s.js.OrderedConsumer(ctx, f.s.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{f.topic},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    f.lastSeen.Load() + 1,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("ordered consumer: %w", err)
+	}
+	cc, err := cons.Consume(func(m jetstream.Msg) {
+		md, err := m.Metadata()
+		if err != nil || f.gen.Load() != gen || md.Sequence.Stream <= f.lastSeen.Load() {
+			return // from a replaced consumer, or already delivered
+		}
+		select {
+		case f.in <- m:
+			f.lastSeen.Store(md.Sequence.Stream)
+			f.lastAt.Store(time.Now().UnixNano())
+		case <-f.s.closing:
+		}
+	}, jetstream.PullMaxMessages(f.s.maxBatch),
+		// Short pulls with frequent heartbeats, so a lost consumer is noticed quickly.
+		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
+	if err != nil {
+		return nil, fmt.Errorf("consume: %w", err)
+	}
+	return cc, nil
+}
+
+// watch replaces a stalled consumer until ctx ends or the subscriber closes.
+func (f *feed) watch(ctx context.Context, cc jetstream.ConsumeContext) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	defer func() {
+		if cc != nil {
+			cc.Stop()
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.s.closing:
+			return
+		case <-tick.C:
+		}
+		if cc != nil && time.Since(time.Unix(0, f.lastAt.Load())) < stallAfter {
+			continue
+		}
+		if cc != nil && !f.behind(ctx) {
+			continue
+		}
+		if cc != nil {
+			f.s.logger.Info("projection feed stalled; starting a new consumer", watermill.LogFields{"after_seq": f.lastSeen.Load()})
+			cc.Stop()
+			cc = nil
+		}
+		next, err := f.consume(ctx)
+		if err != nil {
+			f.s.logger.Error("projection feed: cannot start a consumer; retrying", err, nil)
+			continue
+		}
+		cc = next
+	}
+}
+
+// behind reports whether the stream holds events after the last one delivered.
+func (f *feed) behind(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := f.s.js.Stream(ctx, f.s.stream)
+	if err != nil {
+		return true // cannot even ask: treat as stalled, a new consumer will retry
+	}
+	return st.CachedInfo().State.LastSeq > f.lastSeen.Load()
 }
 
 // messages decodes raw messages into batches; an undecodable one travels alone as a poison
