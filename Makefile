@@ -32,7 +32,7 @@ test-faults: ## Fault tests (NATS/PostgreSQL/identityd killed under load, cluste
 	dsn="$$(bash deploy/test-postgres.sh)"; \
 	test -n "$$dsn"; \
 	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
-	$(GO) test -tags faults -run 'Fault' -count=1 -timeout 30m ./...
+	$(GO) test -tags faults -run 'Fault' -count=1 -timeout 30m ./cmd/identityd/
 
 bench: ## Side-by-side benchmarks against a fresh deployment; prints figures and ratios, writes bench/results/latest.json
 	$(GO) run ./bench/cmd/identityd-bench
