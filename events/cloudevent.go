@@ -5,25 +5,24 @@ import (
 	"time"
 )
 
-// secretFields are payload fields never shown outside the stream itself (audit log, exports).
-var secretFields = []string{"password_hash", "digest"}
+// redactedValue replaces secret fields (password hashes, token digests) outside the stream.
+const redactedValue = "[redacted]"
 
-// Redacted is the payload as JSON with secret fields replaced by "[redacted]".
+// Redacted is the payload as JSON with its secret fields (password_hash, digest) replaced by
+// "[redacted]": the form the audit log and exports show.
 func Redacted(e Event) (json.RawMessage, error) {
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return nil, err
+	switch ev := e.(type) {
+	case PasswordSet:
+		ev.PasswordHash = redactedValue
+		e = ev
+	case TokenCreated:
+		ev.Digest = redactedValue
+		e = ev
+	case SessionStarted:
+		ev.Digest = redactedValue
+		e = ev
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		return nil, err
-	}
-	for _, f := range secretFields {
-		if _, ok := fields[f]; ok {
-			fields[f] = json.RawMessage(`"[redacted]"`)
-		}
-	}
-	return json.Marshal(fields)
+	return json.Marshal(e)
 }
 
 // CloudEvent is an event in the CloudEvents 1.0 JSON format (structured mode), with

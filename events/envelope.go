@@ -3,6 +3,7 @@ package events
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -143,15 +144,19 @@ func truncate(s string, n int) string {
 var chainedHeaders = []string{HeaderID, HeaderType, HeaderSubject, HeaderTime, HeaderDataSchema,
 	HeaderActor, HeaderRequestID, HeaderSourceIP, HeaderUserAgent}
 
-// contentHash is SHA-256 (hex) over the chained attributes and the payload as stored.
+// contentHash is SHA-256 (hex) over the chained attributes and the payload as stored, each
+// as its length (uvarint) followed by its bytes, so no two different contents hash alike.
 func contentHash(h nats.Header, data []byte) string {
-	sum := sha256.New()
+	buf := make([]byte, 0, 512+len(data))
 	for _, k := range chainedHeaders {
-		fmt.Fprintf(sum, "%s=%q\n", k, h.Get(k))
+		v := h.Get(k)
+		buf = binary.AppendUvarint(buf, uint64(len(v)))
+		buf = append(buf, v...)
 	}
-	sum.Write([]byte{'\n'})
-	sum.Write(data)
-	return hex.EncodeToString(sum.Sum(nil))
+	buf = binary.AppendUvarint(buf, uint64(len(data)))
+	buf = append(buf, data...)
+	sum := sha256.Sum256(buf)
+	return hex.EncodeToString(sum[:])
 }
 
 // ChainHash links an event's content hash to the chain hash of the previous event of the same
