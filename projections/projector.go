@@ -144,11 +144,13 @@ func (p *Projector) handle(msg *message.Message) error {
 		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
 	}
+	start := time.Now()
 	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
 	if err != nil {
 		return err
 	}
 	p.advance(pos)
+	p.cfg.Logger.Debug("projected batch", "events", len(batch), "position", pos, "apply_ms", float64(time.Since(start).Microseconds())/1000)
 	return nil
 }
 
