@@ -216,6 +216,17 @@ func (c *cli) database(ctx context.Context, create bool) (*bun.DB, error) {
 	return db, nil
 }
 
+// both opens the read-model database and the event store, for the commands that compare or
+// rebuild one from the other.
+func (c *cli) both(ctx context.Context, create bool) (*bun.DB, *eventstore.Store, error) {
+	db, err := c.database(ctx, create)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err := c.events(ctx)
+	return db, st, err
+}
+
 func (c *cli) close() {
 	if c.nc != nil {
 		c.nc.Close()

@@ -12,11 +12,7 @@ func (c *cli) projectionsStatus(ctx context.Context, args []string) error {
 	if len(args) > 0 {
 		return usageError{"projections status takes no arguments"}
 	}
-	db, err := c.database(ctx, false)
-	if err != nil {
-		return err
-	}
-	st, err := c.events(ctx)
+	db, st, err := c.both(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -51,11 +47,7 @@ func (c *cli) projectionsRebuild(ctx context.Context, args []string) error {
 	if len(args) > 1 || (len(args) == 1 && args[0] != "users") {
 		return usageError{"projections rebuild [users]: the only projection is \"users\" (users, tokens, sessions, audit log)"}
 	}
-	db, err := c.database(ctx, true)
-	if err != nil {
-		return err
-	}
-	st, err := c.events(ctx)
+	db, st, err := c.both(ctx, true)
 	if err != nil {
 		return err
 	}

@@ -13,11 +13,7 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 	if len(args) > 0 {
 		return usageError{"verify takes no arguments"}
 	}
-	db, err := c.database(ctx, false)
-	if err != nil {
-		return err
-	}
-	st, err := c.events(ctx)
+	db, st, err := c.both(ctx, false)
 	if err != nil {
 		return err
 	}

@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"sort"
 	"sync"
 	"testing"
@@ -388,21 +387,10 @@ func fltQuantile(ds []time.Duration, q float64) time.Duration {
 func fltStartInstance(t *testing.T, natsURL string, replicas int, dbURL string) (*instance, *fltLog) {
 	t.Helper()
 	logs := &fltLog{}
-	cfg := config{
-		HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), NATSURL: natsURL, NATSReplicas: replicas,
-		DatabaseURL: dbURL, SecretKey: bytes.Repeat([]byte{7}, 32), LogLevel: slog.LevelWarn,
-		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	a, err := newApp(ctx, cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	hs := httptest.NewServer(a.api)
-	a.api.SetPublicURL(hs.URL)
-	t.Cleanup(func() { hs.Close(); a.close() })
-	return &instance{app: a, url: hs.URL}, logs
+	cfg := testConfig(t, natsURL, dbURL)
+	cfg.NATSReplicas = replicas
+	in := startInstance(t, cfg, slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	return in, logs
 }
 
 // TestFaultNATSRestartUnderWriteLoad: the embedded NATS server goes away for ~2 s under write

@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,26 +31,12 @@ import (
 // changed by mutate (nil: env.start's settings).
 func fxStart(e *env, logger *slog.Logger, mutate func(*config)) *instance {
 	e.t.Helper()
-	cfg := config{
-		HTTPAddr: "127.0.0.1:0", DataDir: e.t.TempDir(), NATSURL: e.natsURL, NATSReplicas: 1,
-		DatabaseURL: e.dbURL, SecretKey: e.secret, LogLevel: slog.LevelWarn,
-		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
-		AdminEmails: e.admins,
-	}
+	cfg := testConfig(e.t, e.natsURL, e.dbURL)
+	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	if logger == nil {
-		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	a, err := newApp(context.Background(), cfg, logger)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	hs := httptest.NewServer(a.api)
-	a.api.SetPublicURL(hs.URL)
-	e.t.Cleanup(func() { hs.Close(); a.close() })
-	return &instance{app: a, url: hs.URL}
+	return startInstance(e.t, cfg, logger)
 }
 
 // fxExchange is one request made off the test goroutine; its response is checked against

@@ -83,19 +83,37 @@ type instance struct {
 
 func (e *env) start() *instance {
 	e.t.Helper()
-	cfg := config{
-		HTTPAddr: "127.0.0.1:0", DataDir: e.t.TempDir(), NATSURL: e.natsURL, NATSReplicas: 1,
-		DatabaseURL: e.dbURL, SecretKey: e.secret, LogLevel: slog.LevelWarn,
+	cfg := testConfig(e.t, e.natsURL, e.dbURL)
+	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
+	return startInstance(e.t, cfg, nil)
+}
+
+// testConfig is an instance's configuration for tests: the given NATS and database, a temp
+// data dir, a cheap argon2id, and a long read-your-writes wait for slow shared machines.
+func testConfig(t testing.TB, natsURL, dbURL string) config {
+	return config{
+		HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), NATSURL: natsURL, NATSReplicas: 1,
+		DatabaseURL: dbURL, SecretKey: bytes.Repeat([]byte{7}, 32), LogLevel: slog.LevelWarn,
 		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
-		AdminEmails: e.admins,
 	}
-	a, err := newApp(context.Background(), cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+}
+
+// startInstance runs newApp behind a test HTTP server until the test ends; logger nil
+// discards the logs.
+func startInstance(t testing.TB, cfg config, logger *slog.Logger) *instance {
+	t.Helper()
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	a, err := newApp(ctx, cfg, logger)
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	hs := httptest.NewServer(a.api)
 	a.api.SetPublicURL(hs.URL)
-	e.t.Cleanup(func() { hs.Close(); a.close() })
+	t.Cleanup(func() { hs.Close(); a.close() })
 	return &instance{app: a, url: hs.URL}
 }
 
