@@ -8,125 +8,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
-	"github.com/uptrace/bun/schema"
 
 	"github.com/identityd/identityd/events"
 )
-
-// reducer adds to the batch's script the statements that apply one event to the read model.
-type reducer func(w *script, t Tables, e events.Envelope) error
-
-// on adapts a reducer of one payload type to the table's signature.
-func on[T events.Event](f func(w *script, t Tables, e events.Envelope, ev T)) reducer {
-	return func(w *script, t Tables, e events.Envelope) error {
-		ev, ok := e.Data.(T)
-		if !ok {
-			return fmt.Errorf("%w: %s carries %T", errPoison, e.Type, e.Data)
-		}
-		f(w, t, e, ev)
-		return nil
-	}
-}
-
-// reducers is the users projection: event type → change to the read model. Event types not
-// listed (email claims) do not concern it.
-var reducers = map[events.Type]reducer{
-	events.TypeUserRegistered: on(func(w *script, t Tables, e events.Envelope, ev events.UserRegistered) {
-		w.add(w.db.NewInsert().Model(&UserRow{
-			ID: ev.UserID, Email: ev.Email, Name: ev.Name, PersonalOrgSlug: ev.PersonalOrgSlug,
-			CreatedAt: ev.RegisteredAt.UTC(), UpdatedAt: e.Time.UTC(), Version: e.Sequence,
-		}).ModelTableExpr(t.Users()))
-	}),
-	events.TypeUserRenamed: on(func(w *script, t Tables, e events.Envelope, ev events.UserRenamed) {
-		w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
-			Set("name = ?", ev.Name).Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
-			Where("id = ?", ev.UserID))
-	}),
-	events.TypePasswordSet: on(func(w *script, t Tables, e events.Envelope, ev events.PasswordSet) {
-		// The hash stays in the stream and the aggregate; the read model only notes the change.
-		w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).
-			Set("updated_at = ?", e.Time.UTC()).Set("version = ?", e.Sequence).
-			Where("id = ?", ev.UserID))
-	}),
-	events.TypeTokenCreated: on(func(w *script, t Tables, e events.Envelope, ev events.TokenCreated) {
-		w.add(w.db.NewInsert().Model(&TokenRow{
-			ID: ev.TokenID, UserID: ev.UserID, Description: ev.Description, Digest: ev.Digest,
-			CreatedAt: ev.CreatedAt.UTC(), ExpiresAt: utcPtr(ev.ExpiresAt),
-		}).ModelTableExpr(t.Tokens()))
-		bumpVersion(w, t, ev.UserID, e.Sequence)
-	}),
-	events.TypeTokenRevoked: on(func(w *script, t Tables, e events.Envelope, ev events.TokenRevoked) {
-		w.add(w.db.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id = ?", ev.TokenID))
-		bumpVersion(w, t, ev.UserID, e.Sequence)
-	}),
-	events.TypeSessionStarted: on(func(w *script, t Tables, e events.Envelope, ev events.SessionStarted) {
-		w.add(w.db.NewInsert().Model(&SessionRow{
-			ID: ev.SessionID, UserID: ev.UserID, Digest: ev.Digest,
-			CreatedAt: ev.StartedAt.UTC(), ExpiresAt: ev.ExpiresAt.UTC(),
-		}).ModelTableExpr(t.Sessions()))
-		bumpVersion(w, t, ev.UserID, e.Sequence)
-	}),
-	events.TypeSessionEnded: on(func(w *script, t Tables, e events.Envelope, ev events.SessionEnded) {
-		w.add(w.db.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id = ?", ev.SessionID))
-		bumpVersion(w, t, ev.UserID, e.Sequence)
-	}),
-	events.TypeUserDeleted: on(func(w *script, t Tables, e events.Envelope, ev events.UserDeleted) {
-		w.add(w.db.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id = ?", ev.UserID))
-		w.add(w.db.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id = ?", ev.UserID))
-		w.add(w.db.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id = ?", ev.UserID))
-	}),
-}
-
-// bumpVersion records that the user's aggregate moved to seq without a profile change, so a
-// user row's version is always its aggregate's last stream sequence.
-func bumpVersion(w *script, t Tables, user uuid.UUID, seq uint64) {
-	w.add(w.db.NewUpdate().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Set("version = ?", seq).Where("id = ?", user))
-}
-
-// script collects a batch's statements, rendered with their arguments inlined (as bun does
-// anyway), and sends them to the database many at a time: one round trip per scriptChunk
-// statements instead of one per statement, which is what makes batches fast.
-type script struct {
-	db  bun.IDB
-	gen schema.QueryGen
-	buf []byte
-	n   int
-	err error
-}
-
-const scriptChunk = 200
-
-func newScript(tx bun.Tx) *script {
-	return &script{db: tx, gen: tx.NewSelect().DB().QueryGen()}
-}
-
-// add renders a statement into the script.
-func (w *script) add(q schema.QueryAppender) {
-	if w.err != nil {
-		return
-	}
-	b, err := q.AppendQuery(w.gen, w.buf)
-	if err != nil {
-		w.err = err
-		return
-	}
-	w.buf = append(b, ";\n"...)
-	w.n++
-}
-
-// flush executes what the script holds. It runs on the raw transaction, so nothing re-parses
-// the rendered SQL for placeholders.
-func (w *script) flush(ctx context.Context, tx bun.Tx) error {
-	if w.err != nil {
-		return w.err
-	}
-	if w.n == 0 {
-		return nil
-	}
-	_, err := tx.Tx.ExecContext(ctx, string(w.buf))
-	w.buf, w.n = w.buf[:0], 0
-	return err
-}
 
 // applyBatch applies the events after the checkpoint and moves the checkpoint, in one
 // transaction. It returns the checkpoint after the batch. Events at or below the checkpoint
@@ -162,11 +46,12 @@ func diagnose(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope
 
 // applyBatchTx is applyBatch inside the caller's transaction.
 func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope) (uint64, error) {
-	return applyEvents(ctx, tx, t, batch, scriptChunk)
+	return applyEvents(ctx, tx, t, batch, len(batch))
 }
 
-// applyEvents applies the batch, sending the script every chunk statements (chunk 1: after
-// every event, so an error names its event).
+// applyEvents applies the batch chunk events at a time: each chunk is folded in memory from
+// the rows it touches and written back in a few bulk statements (chunk 1: one event at a time,
+// so an error names its event).
 func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope, chunk int) (uint64, error) {
 	var pos uint64
 	q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
@@ -176,54 +61,130 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 	if err := q.Scan(ctx, &pos); err != nil {
 		return 0, fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
 	}
-	last := pos
-	audit := make([]AuditRow, 0, len(batch))
-	w := newScript(tx)
-	first := uint64(0)
+	var fresh []events.Envelope
 	for _, e := range batch {
-		if e.Sequence <= pos {
-			continue
+		if e.Sequence > pos {
+			fresh = append(fresh, e)
 		}
-		if first == 0 {
-			first = e.Sequence
-		}
-		if r, ok := reducers[e.Type]; ok {
-			if err := r(w, t, e); err != nil {
-				return 0, fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
-			}
-		}
-		if w.n >= chunk {
-			if err := w.flush(ctx, tx); err != nil {
-				if first == e.Sequence {
-					return 0, fmt.Errorf("apply %s (seq %d): %w", e.Type, e.Sequence, err)
-				}
-				return 0, fmt.Errorf("apply events %d..%d: %w", first, e.Sequence, err)
-			}
-			first = 0
-		}
-		row, err := auditRow(e)
-		if err != nil {
-			return 0, err
-		}
-		audit = append(audit, row)
-		last = e.Sequence
 	}
-	if last == pos {
+	if len(fresh) == 0 {
 		return pos, nil
 	}
-	if err := w.flush(ctx, tx); err != nil {
-		return 0, fmt.Errorf("apply events up to %d: %w", last, err)
-	}
-	if _, err := tx.NewInsert().Model(&audit).ModelTableExpr(t.Audit()).Exec(ctx); err != nil {
-		return 0, fmt.Errorf("audit log: %w", err)
+	for len(fresh) > 0 {
+		n := min(max(chunk, 1), len(fresh))
+		part := fresh[:n]
+		fresh = fresh[n:]
+		if err := applyChunk(ctx, tx, t, part); err != nil {
+			var ee eventError
+			if errors.As(err, &ee) {
+				return 0, err
+			}
+			if len(part) == 1 {
+				return 0, fmt.Errorf("apply %s (seq %d): %w", part[0].Type, part[0].Sequence, err)
+			}
+			return 0, fmt.Errorf("apply events %d..%d: %w", part[0].Sequence, part[len(part)-1].Sequence, err)
+		}
+		pos = part[len(part)-1].Sequence
 	}
 	_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
-		Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
+		Set("position = ?", pos).Set("updated_at = ?", timeNow().UTC()).
 		Where("name = ?", t.Checkpoint()).Exec(ctx)
 	if err != nil {
 		return 0, err
 	}
-	return last, nil
+	return pos, nil
+}
+
+// applyChunk folds events over the rows of the users they touch and writes the result.
+func applyChunk(ctx context.Context, tx bun.Tx, t Tables, evs []events.Envelope) error {
+	f := newFold()
+	var touched []uuid.UUID
+	seen := map[uuid.UUID]bool{}
+	for _, e := range evs {
+		if id, ok := ownerOf(e); ok && !seen[id] {
+			seen[id] = true
+			touched = append(touched, id)
+		}
+	}
+	if len(touched) > 0 {
+		var rows []UserRow
+		if err := tx.NewSelect().Model(&rows).ModelTableExpr(t.Users()+" AS u").Where("u.id IN (?)", bun.In(touched)).Scan(ctx); err != nil {
+			return fmt.Errorf("load users: %w", err)
+		}
+		for i := range rows {
+			f.users[rows[i].ID] = &rows[i]
+		}
+	}
+	audit := make([]AuditRow, 0, len(evs))
+	for _, e := range evs {
+		if err := f.apply(e); err != nil {
+			return err
+		}
+		row, err := auditRow(e)
+		if err != nil {
+			return err
+		}
+		audit = append(audit, row)
+	}
+	return f.write(ctx, tx, t, audit)
+}
+
+// write stores what the fold changed: removals first (so a re-used email is free again), then
+// users, tokens, sessions and the audit rows, each in one statement per bulkChunk rows.
+func (f *fold) write(ctx context.Context, tx bun.Tx, t Tables, audit []AuditRow) error {
+	if len(f.deletedUsers) > 0 {
+		ids := keys(f.deletedUsers)
+		for _, q := range []*bun.DeleteQuery{
+			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id IN (?)", bun.In(ids)),
+			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id IN (?)", bun.In(ids)),
+			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id IN (?)", bun.In(ids)),
+		} {
+			if _, err := q.Exec(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	if len(f.revokedTokens) > 0 {
+		if _, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id IN (?)", bun.In(keys(f.revokedTokens))).Exec(ctx); err != nil {
+			return err
+		}
+	}
+	if len(f.endedSessions) > 0 {
+		if _, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id IN (?)", bun.In(keys(f.endedSessions))).Exec(ctx); err != nil {
+			return err
+		}
+	}
+	users := make([]UserRow, 0, len(f.dirty))
+	for id := range f.dirty {
+		users = append(users, *f.users[id])
+	}
+	for len(users) > 0 {
+		n := min(bulkChunk, len(users))
+		chunk := users[:n]
+		users = users[n:]
+		_, err := tx.NewInsert().Model(&chunk).ModelTableExpr(t.Users()).
+			On("CONFLICT (id) DO UPDATE").
+			Set("name = EXCLUDED.name").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version").
+			Exec(ctx)
+		if err != nil {
+			return fmt.Errorf("write users: %w", err)
+		}
+	}
+	if err := insertAll(ctx, tx, t.Tokens(), values(f.tokens)); err != nil {
+		return err
+	}
+	if err := insertAll(ctx, tx, t.Sessions(), values(f.sessions)); err != nil {
+		return err
+	}
+	return insertAll(ctx, tx, t.Audit(), audit)
+}
+
+func keys(m map[uuid.UUID]bool) []uuid.UUID {
+	out := make([]uuid.UUID, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
 }
 
 // auditRow turns an event into its audit-log row.

@@ -92,7 +92,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 			if e.ChainHash != "" {
 				hashed[e.Subject] = true
 			}
-			if u, ok := userOf(e); ok {
+			if u, ok := ownerOf(e); ok {
 				histories[u] = append(histories[u], e)
 			}
 		}
@@ -108,15 +108,6 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 	rep.Users = len(histories)
 	sort.SliceStable(rep.Differences, func(i, j int) bool { return rep.Differences[i].Aggregate < rep.Differences[j].Aggregate })
 	return rep, nil
-}
-
-// userOf is the user an event's aggregate belongs to (email claims are not a user's).
-func userOf(e events.Envelope) (uuid.UUID, bool) {
-	if e.Data.Aggregate().Kind != "user" {
-		return uuid.Nil, false
-	}
-	id, err := uuid.Parse(e.Data.Aggregate().ID)
-	return id, err == nil
 }
 
 // compareReadModel checks the snapshot row by row against the fold of each user's history.

@@ -58,14 +58,20 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		natsURL = a.ns.ClientURL()
 		logger.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "nats"))
 	}
+	var store *eventstore.Store
 	a.nc, err = nats.Connect(natsURL, nats.Name("identityd"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(false),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { logger.Warn("NATS disconnected", "err", err) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("NATS disconnected", "err", err)
+			if store != nil {
+				store.ConnectionLost() // appends waiting for an ack answer 503 now, not after their timeout
+			}
+		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
 	}
-	store, err := eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas})
+	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas})
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -69,6 +70,31 @@ type Store struct {
 	cfg Config
 	nc  *nats.Conn
 	js  jetstream.JetStream
+
+	mu         sync.Mutex
+	conn       context.Context // done when the connection in use was lost
+	connCancel context.CancelFunc
+}
+
+// ConnectionLost tells the store that its NATS connection dropped (call it from the
+// connection's disconnect handler): appends waiting for an acknowledgement give up at once
+// with ErrUnavailable instead of at their timeout. Their outcome is unknown — the event may
+// have been stored — which is what idempotency keys and the stream's deduplication are for.
+func (s *Store) ConnectionLost() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.connCancel()
+	s.conn, s.connCancel = context.WithCancel(context.Background())
+}
+
+// withConnection bounds ctx by the append timeout and by the current connection.
+func (s *Store) withConnection(ctx context.Context) (context.Context, context.CancelFunc) {
+	s.mu.Lock()
+	conn := s.conn
+	s.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	stop := context.AfterFunc(conn, cancel)
+	return ctx, func() { stop(); cancel() }
 }
 
 // Open checks the server version and creates or updates the stream.
@@ -85,6 +111,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s := &Store{cfg: cfg, nc: cfg.Conn, js: js}
+	s.conn, s.connCancel = context.WithCancel(context.Background())
 	if s.cfg.Replicas == 0 {
 		s.cfg.Replicas = 1
 		if existing, err := js.Stream(ctx, cfg.Stream); err == nil {
@@ -199,7 +226,7 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domai
 		}
 		msgs[i] = m
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	ctx, cancel := s.withConnection(ctx)
 	defer cancel()
 	if len(msgs) == 1 {
 		ack, err := s.js.PublishMsg(ctx, msgs[0])
@@ -278,7 +305,7 @@ func classify(err error) error {
 	if errors.As(err, &apiErr) {
 		return apiError(int(apiErr.ErrorCode), apiErr.Description)
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) || errors.Is(err, nats.ErrTimeout) ||
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) {
