@@ -43,6 +43,9 @@ func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
 	if !utf8.Valid(body) {
 		return fail("invalid_json", "the request body is not valid UTF-8")
 	}
+	if err := rejectDuplicateKeys(body); err != nil {
+		return err
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -119,4 +122,51 @@ func idempotencyKey(c *gin.Context) (string, error) {
 		}
 	}
 	return k, nil
+}
+
+// rejectDuplicateKeys refuses an object that has the same key twice (compared without case, as
+// encoding/json matches fields): a proxy or log pipeline that took the other copy would disagree
+// with identityd about what the request said. Malformed JSON is left to the decoder to report.
+func rejectDuplicateKeys(body []byte) error {
+	type frame struct {
+		keys      map[string]bool // nil for an array
+		expectKey bool
+	}
+	var stack []*frame
+	valueDone := func() {
+		if n := len(stack); n > 0 && stack[n-1].keys != nil {
+			stack[n-1].expectKey = true
+		}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil // end of input, or a syntax error the decoder reports precisely
+		}
+		if n := len(stack); n > 0 && stack[n-1].keys != nil && stack[n-1].expectKey {
+			if key, ok := tok.(string); ok {
+				folded := strings.ToLower(key)
+				if stack[n-1].keys[folded] {
+					return fail("invalid_request", fmt.Sprintf("field %q appears more than once", key))
+				}
+				stack[n-1].keys[folded] = true
+				stack[n-1].expectKey = false
+				continue
+			}
+		}
+		switch tok {
+		case json.Delim('{'):
+			stack = append(stack, &frame{keys: map[string]bool{}, expectKey: true})
+		case json.Delim('['):
+			stack = append(stack, &frame{})
+		case json.Delim('}'), json.Delim(']'):
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+			valueDone()
+		default:
+			valueDone()
+		}
+	}
 }

@@ -188,20 +188,10 @@ func TestDecodeJSONHostileBodies(t *testing.T) {
 					t.Fatalf("name = %v", n)
 				}
 			}},
-		{name: "duplicate keys", body: `{"name":"first","name":"second"}`, target: 1,
-			// encoding/json keeps the last one; a decoder that took the first would let a
-			// proxy and identityd disagree about the value. Refusing would be better still.
-			check: func(t *testing.T, v any) {
-				if n := v.(*updateUserRequest).Name; n == nil || *n != "second" {
-					t.Fatalf("duplicate keys decoded to %v, want the last value", n)
-				}
-			}},
-		{name: "duplicate keys differing in case", body: `{"name":"first","NAME":"second"}`, target: 1,
-			check: func(t *testing.T, v any) {
-				if n := v.(*updateUserRequest).Name; n == nil || *n != "second" {
-					t.Fatalf("case-folded duplicate decoded to %v", n)
-				}
-			}},
+		// Two copies of a field: a proxy that took the other one would disagree with identityd.
+		{name: "duplicate keys", body: `{"name":"first","name":"second"}`, target: 1, code: "invalid_request"},
+		{name: "duplicate keys differing in case", body: `{"name":"first","NAME":"second"}`, target: 1, code: "invalid_request"},
+		{name: "same key in sibling objects is fine", body: `{"description":"d","expires_at":null}`, target: 2},
 		{name: "1e999 for a string", body: `{"name":1e999}`, target: 1, code: "invalid_request"},
 		{name: "1e999 as the body", body: `1e999`, target: 1, code: "invalid_request"},
 		{name: "1e999 for expires_at", body: `{"expires_at":1e999}`, target: 2, code: "invalid_expires_at"},
@@ -256,5 +246,20 @@ func TestDecodeJSONHostileBodies(t *testing.T) {
 				t.Fatalf("code %q (%s), want %q", ae.code, ae.message, tc.code)
 			}
 		})
+	}
+}
+
+func TestRejectDuplicateKeys(t *testing.T) {
+	for body, dup := range map[string]bool{
+		`{"a":1,"b":{"a":2},"c":[{"a":1},{"a":2}]}`: false,
+		`{"a":{"b":1,"b":2}}`:                       true,
+		`[{"a":1,"A":2}]`:                           true,
+		`{"a":[1,2,{"x":[{"y":1}]}],"a":0}`:         true,
+		`{"a":"b","b":"a"}`:                         false,
+		`{"a":`:                                     false, // malformed: left to the decoder
+	} {
+		if err := rejectDuplicateKeys([]byte(body)); (err != nil) != dup {
+			t.Errorf("%s: error %v, want duplicate=%v", body, err, dup)
+		}
 	}
 }
