@@ -34,7 +34,7 @@ type errorCode struct {
 // codes is the catalog of every error code the API answers with; the docs page renders it.
 var codes = map[string]errorCode{
 	"invalid_json":            {400, typeInvalidRequest, "Malformed JSON", "The body is not one valid JSON value (or not valid UTF-8). Send a single JSON object."},
-	"invalid_request":         {400, typeInvalidRequest, "Invalid request", "The body has an unknown field, a field of the wrong type, or a missing required field. The message names the field."},
+	"invalid_request":         {400, typeInvalidRequest, "Invalid request", "The body has an unknown field, a field of the wrong type or given twice, or a missing required field. The message names the field."},
 	"invalid_name":            {400, typeInvalidRequest, "Invalid name", "A name must be 1 to 100 characters after trimming, without control characters."},
 	"invalid_email":           {400, typeInvalidRequest, "Invalid email", "An email must be a plain address such as ada@example.com, at most 254 characters."},
 	"invalid_password":        {400, typeInvalidRequest, "Invalid password", "A password must be 8 to 256 characters."},
