@@ -238,7 +238,7 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 func (s *Service) replaySignUp(ctx context.Context, userID, sessionID uuid.UUID, token string, in SignUp) (SignedUp, error) {
 	var out SignedUp
 	err := s.read(ctx, userID, func(u *User) error {
-		if _, ok := u.sessions[sessionID]; !ok || u.name != mustName(in.Name) {
+		if ss, ok := u.sessions[sessionID]; !ok || ss.ended || u.name != mustName(in.Name) {
 			return ErrIdempotencyKeyReused
 		}
 		if ok, _ := verifyPassword(u.pwHash, in.Password); !ok {
@@ -300,8 +300,10 @@ func (s *Service) LogIn(ctx context.Context, meta events.Metadata, in LogIn) (Lo
 		if err != nil || !ok {
 			return ErrInvalidCredentials
 		}
-		if _, done := u.sessions[sessionID]; !done {
+		if ss, done := u.sessions[sessionID]; !done {
 			u.startSession(sessionID, Digest(token), s.cfg.Now(), s.cfg.SessionTTL)
+		} else if ss.ended {
+			return ErrIdempotencyKeyReused // that session was logged out: the key is spent
 		}
 		out = LoggedIn{UserID: userID, Token: token}
 		return nil
@@ -372,8 +374,8 @@ func (s *Service) CreateToken(ctx context.Context, meta events.Metadata, userID 
 	out := CreatedToken{Secret: secret}
 	res, err := s.update(ctx, meta, scope, userID, func(u *User) error {
 		if t, ok := u.tokens[tokenID]; ok { // a retry with the same idempotency key
-			if t.description != in.Description || !sameTime(t.expiresAt, in.ExpiresAt) {
-				return ErrIdempotencyKeyReused
+			if t.revoked || t.description != in.Description || !sameTime(t.expiresAt, in.ExpiresAt) {
+				return ErrIdempotencyKeyReused // never hand back a dead credential as new
 			}
 			return nil
 		}

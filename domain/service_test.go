@@ -973,3 +973,34 @@ func TestCachedUserLoadsOnlyNewEvents(t *testing.T) {
 		t.Errorf("Result.Seq = %d, want the sign-up's %d", res.Seq, up.Seq)
 	}
 }
+
+// TestKeyedReplayNeverReturnsDeadCredentials: replaying a create or log-in after its token was
+// revoked or its session ended is refused, not answered with a credential that cannot work.
+func TestKeyedReplayNeverReturnsDeadCredentials(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newTestService(t, newMemStore())
+	up := signUp(t, s, ada)
+	in := CreateToken{Description: "ci", IdempotencyKey: "tok"}
+	tok, err := s.CreateToken(ctx, testMeta, up.User.ID, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RevokeToken(ctx, testMeta, up.User.ID, tok.Token.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateToken(ctx, testMeta, up.User.ID, in); !errors.Is(err, ErrIdempotencyKeyReused) {
+		t.Fatalf("replayed create of a revoked token: %v", err)
+	}
+	login := LogIn{Email: ada.Email, Password: ada.Password, IdempotencyKey: "login"}
+	li, err := s.LogIn(ctx, testMeta, login)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.EndSession(ctx, testMeta, up.User.ID, li.Session.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LogIn(ctx, testMeta, login); !errors.Is(err, ErrIdempotencyKeyReused) {
+		t.Fatalf("replayed log-in of an ended session: %v", err)
+	}
+}

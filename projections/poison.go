@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/ThreeDotsLabs/watermill/message"
 	"github.com/nats-io/nats.go"
@@ -38,7 +39,11 @@ func (p *poisonPublisher) Publish(topic string, msgs ...*message.Message) error 
 		nm := nats.NewMsg(topic)
 		nm.Data = m.Payload
 		for k, v := range m.Metadata {
-			nm.Header.Set(k, v)
+			// The original's Nats-* headers (expectations, batch, message id) would be
+			// enforced again on this publish and make it fail forever.
+			if !strings.HasPrefix(strings.ToLower(k), "nats-") {
+				nm.Header.Set(k, v)
+			}
 		}
 		if _, err := p.js.PublishMsg(context.Background(), nm, jetstream.WithMsgID("poison-"+m.Metadata.Get(metaSequence))); err != nil {
 			return err

@@ -227,6 +227,7 @@ func TestPoisonEventIsSetAside(t *testing.T) {
 	bad := nats.NewMsg("identity.user." + uuid.NewString() + ".renamed")
 	bad.Header.Set(events.HeaderType, string(events.TypeUserRenamed))
 	bad.Header.Set(events.HeaderTime, "not a time")
+	bad.Header.Set("Nats-Expected-Stream", events.StreamName) // must not be enforced again on the poison stream
 	bad.Data = []byte("{not json")
 	js := st.JetStream()
 	if _, err := js.PublishMsg(context.Background(), bad); err != nil {

@@ -133,6 +133,9 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		if cfg.Progress != nil {
 			cfg.Progress(pos, end)
 		}
+		if pos < end {
+			return fmt.Errorf("the stream ends at %d but reading stopped at %d; nothing switched", end, pos)
+		}
 		if err := swapTables(ctx, tx, cfg.Live, next); err != nil {
 			return err
 		}

@@ -62,9 +62,11 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 		return 0, fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
 	}
 	var fresh []events.Envelope
+	next := pos
 	for _, e := range batch {
-		if e.Sequence > pos {
+		if e.Sequence > next { // skips what was applied, and any repeat within the batch
 			fresh = append(fresh, e)
+			next = e.Sequence
 		}
 	}
 	if len(fresh) == 0 {

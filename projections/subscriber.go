@@ -71,6 +71,7 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 	}()
 	out := make(chan *message.Message)
 	s.wg.Add(1)
+	handed := pos // the last stream sequence passed on to the router
 	go func() {
 		defer s.wg.Done()
 		defer close(out)
@@ -93,7 +94,16 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 					break drain
 				}
 			}
-			for _, msg := range s.messages(ctx, raw) {
+			var fresh []jetstream.Msg
+			for _, m := range raw {
+				// A replaced consumer may have handed over a message the new one repeats:
+				// pass each stream sequence on once, in increasing order.
+				if md, err := m.Metadata(); err == nil && md.Sequence.Stream > handed {
+					handed = md.Sequence.Stream
+					fresh = append(fresh, m)
+				}
+			}
+			for _, msg := range s.messages(ctx, fresh) {
 				if !s.deliver(ctx, out, msg) {
 					return
 				}
@@ -118,6 +128,7 @@ type feed struct {
 	gen      atomic.Int64  // the current consumer's generation
 	lastSeen atomic.Uint64 // stream sequence of the last message handed to in
 	lastAt   atomic.Int64  // when it was handed (unix nanoseconds)
+	sending  atomic.Bool   // a delivery is waiting for room in `in`
 }
 
 // stallAfter is how long the feed may stay silent while the stream has newer events.
@@ -139,12 +150,14 @@ func (f *feed) consume(ctx context.Context) (jetstream.ConsumeContext, error) {
 		if err != nil || f.gen.Load() != gen || md.Sequence.Stream <= f.lastSeen.Load() {
 			return // from a replaced consumer, or already delivered
 		}
+		f.sending.Store(true) // a full channel is backpressure, not a stall
 		select {
 		case f.in <- m:
 			f.lastSeen.Store(md.Sequence.Stream)
 			f.lastAt.Store(time.Now().UnixNano())
 		case <-f.s.closing:
 		}
+		f.sending.Store(false)
 	}, jetstream.PullMaxMessages(f.s.maxBatch),
 		// Short pulls with frequent heartbeats, so a lost consumer is noticed quickly.
 		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
@@ -171,7 +184,7 @@ func (f *feed) watch(ctx context.Context, cc jetstream.ConsumeContext) {
 			return
 		case <-tick.C:
 		}
-		if cc != nil && time.Since(time.Unix(0, f.lastAt.Load())) < stallAfter {
+		if cc != nil && (f.sending.Load() || time.Since(time.Unix(0, f.lastAt.Load())) < stallAfter) {
 			continue
 		}
 		if cc != nil && !f.behind(ctx) {

@@ -186,7 +186,7 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 	}
 	nc, err := nats.Connect(c.natsURL, nats.Name("identityctl"), nats.Timeout(5*time.Second))
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", c.natsURL, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
 	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc})

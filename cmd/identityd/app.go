@@ -69,7 +69,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", natsURL, err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w", eventstore.RedactURL(natsURL), err)
 	}
 	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas})
 	if err != nil {

@@ -59,13 +59,11 @@ var settings = []setting{
 func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
 	fs := flag.NewFlagSet("identityd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	// Flags show only the built-in defaults: environment values (secrets among them) are applied
+	// after parsing, so --help and flag errors never print them.
 	vals := map[string]*string{}
 	for _, s := range settings {
-		def := s.def
-		if v := getenv(s.env); v != "" {
-			def = v
-		}
-		vals[s.env] = fs.String(s.flag, def, fmt.Sprintf("%s (env %s)", s.help, s.env))
+		vals[s.env] = fs.String(s.flag, s.def, fmt.Sprintf("%s (env %s)", s.help, s.env))
 	}
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "identityd: an event-sourced identity service (users, sessions, API tokens)\n\n"+
@@ -78,6 +76,13 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if fs.NArg() > 0 {
 		return config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
+	}
+	given := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for _, s := range settings {
+		if v := getenv(s.env); v != "" && !given[s.flag] {
+			*vals[s.env] = v
+		}
 	}
 	get := func(env string) string { return strings.TrimSpace(*vals[env]) }
 	c := config{

@@ -66,3 +66,20 @@ func TestHelpListsEveryVariable(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpNeverPrintsSecrets: values from the environment are not shown as flag defaults.
+func TestHelpNeverPrintsSecrets(t *testing.T) {
+	secret := strings.Repeat("5e", 32)
+	env := map[string]string{"IDENTITYD_SECRET_KEY": secret, "IDENTITYD_DATABASE_URL": "postgres://u:hunter2@db/x"}
+	for _, args := range [][]string{{"--help"}, {"--no-such-flag"}} {
+		var out bytes.Buffer
+		_, _ = loadConfig(args, func(k string) string { return env[k] }, &out)
+		if strings.Contains(out.String(), secret) || strings.Contains(out.String(), "hunter2") {
+			t.Fatalf("%v printed a secret:\n%s", args, out.String())
+		}
+	}
+	c, err := loadConfig(nil, func(k string) string { return env[k] }, &bytes.Buffer{})
+	if err != nil || len(c.SecretKey) != 32 || c.DatabaseURL != env["IDENTITYD_DATABASE_URL"] {
+		t.Fatalf("environment not applied: %+v %v", c, err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -432,4 +433,18 @@ func (s *Store) SequenceAt(ctx context.Context, t time.Time) (uint64, error) {
 	default:
 		return 0, fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
 	}
+}
+
+// RedactURL hides the passwords of NATS URLs (comma-separated, as nats.Connect accepts) so
+// they can go into messages and logs.
+func RedactURL(raw string) string {
+	parts := strings.Split(raw, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil {
+			parts[i] = u.Redacted()
+		} else {
+			parts[i] = "(unparsable URL)"
+		}
+	}
+	return strings.Join(parts, ",")
 }

@@ -49,17 +49,30 @@ func sessionOf(v domain.SessionView) sessionJSON {
 
 // settle waits until the read model includes seq, so the caller's next request (here or on
 // another instance) sees this write. If the read model lags beyond the timeout the write still
-// stands (it is in the stream); the answer says so in a header.
-func (a *API) settle(c *gin.Context, seq uint64) {
+// stands (it is in the stream); the answer says so in a header, and settle reports false.
+func (a *API) settle(c *gin.Context, seq uint64) bool {
 	if seq == 0 {
-		return
+		return true
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), a.cfg.ConsistencyTimeout)
 	defer cancel()
 	if err := a.cfg.Barrier.WaitFor(ctx, seq); err != nil {
 		a.cfg.Logger.Warn("read model lagging behind a write", "seq", seq, "request_id", requestID(c), "err", err)
 		c.Header("Identityd-Read-Model", "lagging")
+		return false
 	}
+	return true
+}
+
+// settleRevocation is settle for writes that take credentials away (revoke, log out, delete):
+// until the read model has them, the credentials would still authenticate, so the caller gets
+// 503 and retries (the retry changes nothing and waits again) instead of a premature success.
+func (a *API) settleRevocation(c *gin.Context, seq uint64) bool {
+	if a.settle(c, seq) {
+		return true
+	}
+	a.abort(c, fail("service_unavailable", "the change is recorded but not yet in effect everywhere; retry the request"))
+	return false
 }
 
 type signUpRequest struct {
@@ -138,7 +151,9 @@ func (a *API) logOut(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, res.Seq)
+	if !a.settleRevocation(c, res.Seq) {
+		return
+	}
 	c.Status(http.StatusNoContent)
 }
 
@@ -176,7 +191,9 @@ func (a *API) deleteUser(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, res.Seq)
+	if !a.settleRevocation(c, res.Seq) {
+		return
+	}
 	c.Status(http.StatusNoContent)
 }
 
@@ -264,7 +281,9 @@ func (a *API) revokeToken(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, res.Seq)
+	if !a.settleRevocation(c, res.Seq) {
+		return
+	}
 	c.Status(http.StatusNoContent)
 }
 
