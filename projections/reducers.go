@@ -110,7 +110,7 @@ func applyChunk(ctx context.Context, tx bun.Tx, t Tables, evs []events.Envelope)
 	}
 	if len(touched) > 0 {
 		var rows []UserRow
-		if err := tx.NewSelect().Model(&rows).ModelTableExpr(t.Users()+" AS u").Where("u.id IN (?)", bun.In(touched)).Scan(ctx); err != nil {
+		if err := tx.NewSelect().Model(&rows).ModelTableExpr(t.Users()+" AS u").Where("u.id IN (?)", bun.List(touched)).Scan(ctx); err != nil {
 			return fmt.Errorf("load users: %w", err)
 		}
 		for i := range rows {
@@ -137,9 +137,9 @@ func (f *fold) write(ctx context.Context, tx bun.Tx, t Tables, audit []AuditRow)
 	if len(f.deletedUsers) > 0 {
 		ids := keys(f.deletedUsers)
 		for _, q := range []*bun.DeleteQuery{
-			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id IN (?)", bun.In(ids)),
-			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id IN (?)", bun.In(ids)),
-			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id IN (?)", bun.In(ids)),
+			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id IN (?)", bun.List(ids)),
+			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id IN (?)", bun.List(ids)),
+			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id IN (?)", bun.List(ids)),
 		} {
 			if _, err := q.Exec(ctx); err != nil {
 				return err
@@ -147,12 +147,12 @@ func (f *fold) write(ctx context.Context, tx bun.Tx, t Tables, audit []AuditRow)
 		}
 	}
 	if len(f.revokedTokens) > 0 {
-		if _, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id IN (?)", bun.In(keys(f.revokedTokens))).Exec(ctx); err != nil {
+		if _, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id IN (?)", bun.List(keys(f.revokedTokens))).Exec(ctx); err != nil {
 			return err
 		}
 	}
 	if len(f.endedSessions) > 0 {
-		if _, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id IN (?)", bun.In(keys(f.endedSessions))).Exec(ctx); err != nil {
+		if _, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id IN (?)", bun.List(keys(f.endedSessions))).Exec(ctx); err != nil {
 			return err
 		}
 	}

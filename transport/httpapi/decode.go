@@ -142,7 +142,7 @@ func rejectDuplicateKeys(body []byte) error {
 	for {
 		tok, err := dec.Token()
 		if err != nil {
-			return nil // end of input, or a syntax error the decoder reports precisely
+			return nil //nolint:nilerr // end of input, or a syntax error that decodeJSON reports precisely
 		}
 		if n := len(stack); n > 0 && stack[n-1].keys != nil && stack[n-1].expectKey {
 			if key, ok := tok.(string); ok {

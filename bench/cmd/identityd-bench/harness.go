@@ -177,7 +177,11 @@ func freePort() (int, error) {
 		return 0, err
 	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	addr, ok := ln.Addr().(*net.TCPAddr)
+	if !ok {
+		return 0, fmt.Errorf("not a TCP address: %v", ln.Addr())
+	}
+	return addr.Port, nil
 }
 
 // waitHTTP polls url every `every` until it answers 200, the process exits, or timeout passes.
@@ -197,7 +201,7 @@ func waitHTTP(ctx context.Context, p *proc, url string, every, timeout time.Dura
 			}
 		}
 		if p != nil && p.exited() {
-			return time.Time{}, fmt.Errorf("%s exited before answering %s: %v\n%s", p.name, url, p.err, p.tail(20))
+			return time.Time{}, fmt.Errorf("%s exited before answering %s: %w\n%s", p.name, url, p.err, p.tail(20))
 		}
 		if time.Now().After(deadline) {
 			msg := ""
@@ -223,7 +227,7 @@ func waitTCP(ctx context.Context, p *proc, addr string, timeout time.Duration) e
 			return ctx.Err()
 		}
 		if p.exited() {
-			return fmt.Errorf("%s exited: %v\n%s", p.name, p.err, p.tail(20))
+			return fmt.Errorf("%s exited: %w\n%s", p.name, p.err, p.tail(20))
 		}
 		if time.Now().After(deadline) {
 			return errors.New(addr + " not accepting connections")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
@@ -489,7 +490,9 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 		pos, err := b.checkpoint(ctx)
 		if err != nil {
 			close(stopPoll)
-			<-pollDone
+			if perr := <-pollDone; perr != nil {
+				return errors.Join(err, perr)
+			}
 			return err
 		}
 		if pos >= maxSeq || time.Now().After(deadline) || ctx.Err() != nil {
