@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/identityd/identityd/events"
 )
@@ -15,12 +16,13 @@ import (
 // an error wrapping ErrVersionConflict, Load returns the events after a sequence, and a multi-change append is all or nothing with
 // consecutive sequences.
 type memStore struct {
-	mu    sync.Mutex
-	seq   uint64
-	aggs  map[events.Aggregate][]events.Envelope
-	all   []events.Envelope
-	calls int // Append calls, successful or not
-	loads int // Load calls
+	versionChecks atomic.Int64 // calls of Version
+	mu            sync.Mutex
+	seq           uint64
+	aggs          map[events.Aggregate][]events.Envelope
+	all           []events.Envelope
+	calls         int // Append calls, successful or not
+	loads         int // Load calls
 
 	// interfere, when set, runs once at the start of the next Append (under the lock), e.g. to
 	// let "another writer" append first so that the caller's expectation fails.
@@ -114,6 +116,12 @@ func (s *memStore) count(t events.Type) int {
 		}
 	}
 	return n
+}
+
+// Version implements EventStore.
+func (s *memStore) Version(_ context.Context, agg events.Aggregate) (uint64, error) {
+	s.versionChecks.Add(1)
+	return s.version(agg), nil
 }
 
 func (s *memStore) version(agg events.Aggregate) uint64 {

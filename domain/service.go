@@ -57,6 +57,9 @@ type EventStore interface {
 	// Changes are numbered consecutively, so change i is at lastSeq-len(changes)+1+i. Each
 	// change's Chain is set to its chain hash.
 	Append(ctx context.Context, meta events.Metadata, expect []Expectation, changes []Change) (lastSeq uint64, err error)
+	// Version returns the stream sequence of the aggregate's last event (0: none), read from
+	// the authoritative copy: the check that a refusal was not decided on stale state.
+	Version(ctx context.Context, agg events.Aggregate) (uint64, error)
 }
 
 // ServiceConfig tunes Service. Zero values take defaults.
@@ -508,8 +511,8 @@ func (s *Service) userForDecision(ctx context.Context, id uuid.UUID, fresh bool)
 // another instance). An unreadable stream counts as stale, so the caller retries and surfaces
 // the error from a fresh load.
 func (s *Service) stale(ctx context.Context, u *User) bool {
-	newer, err := s.store.Load(ctx, events.UserAggregate(u.id), u.version)
-	return err != nil || len(newer) > 0
+	v, err := s.store.Version(ctx, events.UserAggregate(u.id))
+	return err != nil || v != u.version
 }
 
 // read runs f on the user's current state under the user's lock.

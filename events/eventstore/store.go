@@ -392,6 +392,47 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 	}
 }
 
+// Version implements domain.EventStore. It asks the stream leader (the non-direct message API)
+// rather than any replica: direct gets may be answered by a follower that lags.
+func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, error) {
+	if s.nc.Status() != nats.CONNECTED {
+		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	req, _ := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{agg.Filter()})
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.cfg.Stream, req)
+	if err != nil {
+		return 0, classify(err)
+	}
+	var resp struct {
+		Message *struct {
+			Sequence uint64 `json:"seq"`
+		} `json:"message"`
+		Error *struct {
+			ErrCode int    `json:"err_code"`
+			Desc    string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("eventstore: message get reply: %w", err)
+	}
+	switch {
+	case resp.Error != nil && resp.Error.ErrCode == errNoMessageFound:
+		return 0, nil
+	case resp.Error != nil:
+		return 0, fmt.Errorf("%w: message get: %s", domain.ErrUnavailable, resp.Error.Desc)
+	case resp.Message == nil:
+		return 0, errors.New("eventstore: message get reply without a message")
+	}
+	return resp.Message.Sequence, nil
+}
+
+// errNoMessageFound is JetStream's "no message found" API error.
+const errNoMessageFound = 10037
+
 // ReadAll reads up to limit events of every subject from stream sequence `from` on: the reader
 // that rebuilds and verification need (projections.StreamReader).
 func (s *Store) ReadAll(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {

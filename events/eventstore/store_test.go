@@ -130,3 +130,25 @@ func TestReadPagesThroughLongHistories(t *testing.T) {
 		t.Fatalf("loaded %d events (err %v)", len(hist), err)
 	}
 }
+
+func TestVersionAsksTheLeader(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	id := uuid.New()
+	agg := events.UserAggregate(id)
+	if v, err := st.Version(ctx, agg); err != nil || v != 0 {
+		t.Fatalf("new aggregate: version %d, err %v", v, err)
+	}
+	seq, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg}},
+		[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another aggregate's event must not count.
+	if _, err := st.Append(ctx, events.Metadata{}, nil, []domain.Change{change(events.UserDeleted{Versioned: events.V(), UserID: uuid.New()})}); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := st.Version(ctx, agg); err != nil || v != seq {
+		t.Fatalf("version %d (err %v), want %d", v, err, seq)
+	}
+}
