@@ -3,6 +3,7 @@ package httpapi
 import (
 	"errors"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/google/uuid"
@@ -59,7 +60,7 @@ func (a *API) authenticate(c *gin.Context) {
 		a.abort(c, fail("invalid_api_token", "the token has expired"))
 		return
 	}
-	a.cfg.Usage.Touch(cred.TokenID, now)
+	a.cfg.Usage.Touch(cred.TokenID, now.UTC().Truncate(time.Microsecond)) // what the database keeps
 	c.Set(principalKey, principal{kind: kind, tokenID: cred.TokenID, user: cred.User})
 	c.Next()
 }
