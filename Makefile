@@ -10,7 +10,7 @@ GOLANGCI_LINT_VERSION ?= v2.15.0
 GOLANGCI_LINT ?= $(GO) run github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help run build test test-faults bench test-short bench-rebuild lint vet fmt nats-server clean
+.PHONY: help run build test test-faults test-faults-cluster bench test-short bench-rebuild lint vet fmt nats-server clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,11 +28,17 @@ test: ## Run all tests with -race against PostgreSQL (deploy/test-postgres.sh)
 	echo "IDENTITYD_TEST_DATABASE_URL=$$dsn"; \
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-test-faults: ## Fault tests (NATS/PostgreSQL/identityd killed under load, cluster, security); also run by CI
+test-faults: ## Fault tests (NATS/PostgreSQL/identityd killed under load, concurrency, security); run by CI
 	dsn="$$(bash deploy/test-postgres.sh)"; \
 	test -n "$$dsn"; \
 	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
-	$(GO) test -tags faults -run 'Fault' -count=1 -timeout 30m ./cmd/identityd/
+	$(GO) test -tags faults -run 'Fault' -skip 'FaultCluster' -count=1 -timeout 30m ./cmd/identityd/
+
+test-faults-cluster: ## The three-node NATS cluster fault test (not in CI yet: see README, "Known limits")
+	dsn="$$(bash deploy/test-postgres.sh)"; \
+	test -n "$$dsn"; \
+	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
+	$(GO) test -tags faults -run 'FaultCluster' -count=1 -timeout 30m ./cmd/identityd/
 
 bench: ## Side-by-side benchmarks against a fresh deployment; prints figures and ratios, writes bench/results/latest.json
 	$(GO) run ./bench/cmd/identityd-bench
