@@ -102,23 +102,9 @@ var fltClient = &http.Client{Timeout: 30 * time.Second}
 // fltDo sends one request and checks the error envelope of a failure (code, and request_id
 // equal to X-Request-Id).
 func fltDo(base, method, path, token string, body any) fltResp {
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			return fltResp{Err: err}
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, base+path, rd)
+	req, err := newRequest(base, method, path, token, body)
 	if err != nil {
 		return fltResp{Err: err}
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
 	}
 	start := time.Now()
 	res, err := fltClient.Do(req)

@@ -62,26 +62,9 @@ func (x fxExchange) code() string {
 
 // fxDo sends one request like call does, without failing the test: safe on any goroutine.
 func fxDo(client *http.Client, base, method, path, token string, body any, headers ...string) fxExchange {
-	var rd io.Reader
-	if body != nil {
-		raw, err := json.Marshal(body)
-		if err != nil {
-			return fxExchange{err: err}
-		}
-		rd = bytes.NewReader(raw)
-	}
-	req, err := http.NewRequest(method, base+path, rd)
+	req, err := newRequest(base, method, path, token, body, headers...)
 	if err != nil {
 		return fxExchange{err: err}
-	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
 	}
 	x := fxExchange{req: req, start: time.Now()}
 	res, err := client.Do(req)
