@@ -178,6 +178,7 @@ func (p *Projector) Position() uint64 {
 // WaitFor blocks until the read model includes the event at stream sequence seq: the
 // read-your-writes barrier a command's caller passes before it answers.
 func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
+	p.sub.waitingFor(seq)
 	for {
 		p.mu.Lock()
 		pos, ch := p.pos, p.changed

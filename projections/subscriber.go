@@ -2,14 +2,17 @@ package projections
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
 	"github.com/ThreeDotsLabs/watermill/message"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
@@ -34,6 +37,26 @@ type streamSubscriber struct {
 	closing   chan struct{}
 	closeOnce sync.Once
 	wg        sync.WaitGroup
+	want      atomic.Uint64 // the highest stream sequence a caller waits to see projected
+}
+
+// waitingFor tells the feed that a caller waits for the event at seq: if the consumer stays
+// silent while it waits, the feed reads the stream directly.
+func (s *streamSubscriber) waitingFor(seq uint64) {
+	for {
+		cur := s.want.Load()
+		if seq <= cur || s.want.CompareAndSwap(cur, seq) {
+			return
+		}
+	}
+}
+
+// rawEvent is one stream message as the feed hands it on, whichever way it was read.
+type rawEvent struct {
+	subject string
+	seq     uint64
+	header  nats.Header
+	data    []byte
 }
 
 type batchKey struct{}
@@ -57,17 +80,21 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
-	in := make(chan jetstream.Msg, 4*s.maxBatch)
+	in := make(chan rawEvent, 4*s.maxBatch)
 	f := &feed{s: s, topic: topic, in: in}
 	f.lastSeen.Store(pos)
 	cc, err := f.consume(ctx)
 	if err != nil {
 		return nil, err
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
 		f.watch(ctx, cc)
+	}()
+	go func() {
+		defer s.wg.Done()
+		f.bridge(ctx)
 	}()
 	out := make(chan *message.Message)
 	s.wg.Add(1)
@@ -76,7 +103,7 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 		defer s.wg.Done()
 		defer close(out)
 		for {
-			var first jetstream.Msg
+			var first rawEvent
 			select {
 			case first = <-in:
 			case <-ctx.Done():
@@ -84,7 +111,7 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 			case <-s.closing:
 				return
 			}
-			raw := []jetstream.Msg{first}
+			raw := []rawEvent{first}
 		drain:
 			for len(raw) < s.maxBatch {
 				select {
@@ -94,12 +121,12 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 					break drain
 				}
 			}
-			var fresh []jetstream.Msg
+			var fresh []rawEvent
 			for _, m := range raw {
-				// A replaced consumer may have handed over a message the new one repeats:
-				// pass each stream sequence on once, in increasing order.
-				if md, err := m.Metadata(); err == nil && md.Sequence.Stream > handed {
-					handed = md.Sequence.Stream
+				// Belt and braces: the feed already passes each stream sequence on once, in
+				// increasing order.
+				if m.seq > handed {
+					handed = m.seq
 					fresh = append(fresh, m)
 				}
 			}
@@ -113,26 +140,65 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 	return out, nil
 }
 
-// feed keeps an ordered consumer delivering into in, and replaces it when it stalls.
+// feed keeps an ordered consumer delivering into in, replaces it when it stalls, and bridges
+// the gap by reading the stream directly meanwhile.
 //
 // The ordered consumer of nats.go recreates itself after missed heartbeats, but with backoff
-// up to 10 s; when the server that hosted it dies in a cluster, the projection — and every
-// write waiting to read its own result — would stall that long. The watchdog notices that the
-// stream has moved on while nothing arrives, and starts a fresh consumer after the last event
-// delivered. Deliveries from a replaced consumer are dropped, so nothing is delivered twice or
-// out of order.
+// up to 10 s; and in a cluster, creating a consumer needs the JetStream meta leader, which
+// takes seconds to elect again when the node that hosted it dies. The projection — and every
+// write waiting to read its own result — would stall that long. So two things run beside the
+// consumer: a watchdog that starts a fresh consumer after the last event delivered when the
+// stream has moved on while nothing arrives, and a bridge that, while a caller waits for an
+// event the consumer has not delivered, reads the stream with direct gets, which any current
+// replica answers without a leader or a consumer. Both sources hand over through push, which
+// passes each stream sequence on once and in increasing order.
 type feed struct {
 	s        *streamSubscriber
 	topic    string
-	in       chan jetstream.Msg
+	in       chan rawEvent
+	pushMu   sync.Mutex    // serializes push: check, hand over, record
 	gen      atomic.Int64  // the current consumer's generation
 	lastSeen atomic.Uint64 // stream sequence of the last message handed to in
 	lastAt   atomic.Int64  // when it was handed (unix nanoseconds)
 	sending  atomic.Bool   // a delivery is waiting for room in `in`
 }
 
-// stallAfter is how long the feed may stay silent while the stream has newer events.
-const stallAfter = 2 * time.Second
+const (
+	// stallAfter is how long the feed may stay silent while the stream has newer events
+	// before the watchdog replaces the consumer.
+	stallAfter = 2 * time.Second
+	// bridgeAfter is how long the feed may stay silent while a caller waits for an event it
+	// has not delivered before the bridge reads the stream directly. The consumer normally
+	// delivers within milliseconds, so the bridge only runs when the consumer is lost.
+	bridgeAfter = 300 * time.Millisecond
+	// probeEvery is how often a silent feed checks the stream directly even when nobody
+	// waits, so events appended by other instances are projected while a consumer is lost.
+	probeEvery = 2 * time.Second
+	// bridgeRounds bounds the direct-get batches of one bridging round, so the consumer gets
+	// a chance to take over again.
+	bridgeRounds = 20
+)
+
+// push hands ev on unless a sequence at or after it was already handed on. Each source (a
+// consumer, the bridge) reads the stream in order without gaps from a start at or before
+// lastSeen+1, so under the mutex the sequences handed on are each stream event once, in order.
+func (f *feed) push(ev rawEvent) bool {
+	f.pushMu.Lock()
+	defer f.pushMu.Unlock()
+	if ev.seq <= f.lastSeen.Load() {
+		return true // already delivered by the other source
+	}
+	f.sending.Store(true) // a full channel is backpressure, not a stall
+	defer f.sending.Store(false)
+	select {
+	case f.in <- ev:
+		f.lastSeen.Store(ev.seq)
+		f.lastAt.Store(time.Now().UnixNano())
+		return true
+	case <-f.s.closing:
+		return false
+	}
+}
 
 func (f *feed) consume(ctx context.Context) (jetstream.ConsumeContext, error) {
 	gen := f.gen.Add(1)
@@ -147,17 +213,10 @@ func (f *feed) consume(ctx context.Context) (jetstream.ConsumeContext, error) {
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
 		md, err := m.Metadata()
-		if err != nil || f.gen.Load() != gen || md.Sequence.Stream <= f.lastSeen.Load() {
-			return // from a replaced consumer, or already delivered
+		if err != nil || f.gen.Load() != gen {
+			return // from a replaced consumer
 		}
-		f.sending.Store(true) // a full channel is backpressure, not a stall
-		select {
-		case f.in <- m:
-			f.lastSeen.Store(md.Sequence.Stream)
-			f.lastAt.Store(time.Now().UnixNano())
-		case <-f.s.closing:
-		}
-		f.sending.Store(false)
+		f.push(rawEvent{subject: m.Subject(), seq: md.Sequence.Stream, header: m.Headers(), data: m.Data()})
 	}, jetstream.PullMaxMessages(f.s.maxBatch),
 		// Short pulls with frequent heartbeats, so a lost consumer is noticed quickly.
 		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
@@ -215,9 +274,106 @@ func (f *feed) behind(ctx context.Context) bool {
 	return st.CachedInfo().State.LastSeq > f.lastSeen.Load()
 }
 
+// bridge reads the stream directly while the consumer is silent and a caller waits for an
+// event it has not delivered, and probes now and then while it is silent at all.
+func (f *feed) bridge(ctx context.Context) {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var lastProbe time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.s.closing:
+			return
+		case <-tick.C:
+		}
+		if f.sending.Load() {
+			continue
+		}
+		silent := time.Since(time.Unix(0, f.lastAt.Load()))
+		waiting := f.s.want.Load() > f.lastSeen.Load()
+		if !(waiting && silent >= bridgeAfter) && !(silent >= probeEvery && time.Since(lastProbe) >= probeEvery) {
+			continue
+		}
+		lastProbe = time.Now()
+		from := f.lastSeen.Load() + 1
+		n, err := f.readDirect(ctx)
+		switch {
+		case err != nil && waiting:
+			f.s.logger.Error("projection feed: direct read failed; retrying", err, watermill.LogFields{"from_seq": from})
+		case n > 0:
+			f.s.logger.Info("projection feed: consumer silent; read events directly", watermill.LogFields{"from_seq": from, "events": n})
+		}
+	}
+}
+
+// directGet is a batched direct get request (JetStream ≥ 2.11).
+type directGet struct {
+	Seq     uint64 `json:"seq"`
+	NextFor string `json:"next_by_subj,omitempty"`
+	Batch   int    `json:"batch"`
+}
+
+// readDirect hands on the events after lastSeen with batched direct gets, up to bridgeRounds
+// batches, and returns how many it read.
+func (f *feed) readDirect(ctx context.Context) (int, error) {
+	nc := f.s.js.Conn()
+	if nc.Status() != nats.CONNECTED {
+		return 0, fmt.Errorf("not connected to NATS (%s)", nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	filter := f.topic
+	if filter == events.SubjectRoot+".>" {
+		filter = "" // the whole stream: the server's unfiltered path skips a subject match
+	}
+	read := 0
+	for range bridgeRounds {
+		req, _ := json.Marshal(directGet{Seq: f.lastSeen.Load() + 1, NextFor: filter, Batch: f.s.maxBatch})
+		if err := nc.PublishRequest("$JS.API.DIRECT.GET."+f.s.stream, inbox, req); err != nil {
+			return read, err
+		}
+	batch:
+		for {
+			m, err := sub.NextMsgWithContext(ctx)
+			if err != nil {
+				return read, err
+			}
+			switch m.Header.Get("Status") {
+			case "":
+			case "404": // nothing after lastSeen
+				return read, nil
+			case "204": // end of this batch
+				if pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64); pending == 0 {
+					return read, nil
+				}
+				break batch
+			default:
+				return read, fmt.Errorf("direct get: %s %s", m.Header.Get("Status"), m.Header.Get("Description"))
+			}
+			seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
+			if err != nil {
+				return read, fmt.Errorf("direct get without a sequence: %w", err)
+			}
+			if !f.push(rawEvent{subject: m.Header.Get(jetstream.SubjectHeader), seq: seq, header: m.Header, data: m.Data}) {
+				return read, nil
+			}
+			read++
+		}
+	}
+	return read, nil
+}
+
 // messages decodes raw messages into batches; an undecodable one travels alone as a poison
 // message (payload and headers kept) so it ends in the poison queue instead of blocking.
-func (s *streamSubscriber) messages(ctx context.Context, raw []jetstream.Msg) []*message.Message {
+func (s *streamSubscriber) messages(ctx context.Context, raw []rawEvent) []*message.Message {
 	var out []*message.Message
 	var batch []events.Envelope
 	flush := func() {
@@ -229,21 +385,17 @@ func (s *streamSubscriber) messages(ctx context.Context, raw []jetstream.Msg) []
 		}
 	}
 	for _, r := range raw {
-		md, err := r.Metadata()
-		if err != nil {
-			continue // not a stream message; cannot happen on an ordered consumer
-		}
-		env, err := events.Decode(r.Subject(), r.Headers(), r.Data(), md.Sequence.Stream)
+		env, err := events.Decode(r.subject, r.header, r.data, r.seq)
 		if err != nil {
 			flush()
-			m := message.NewMessage(watermill.NewUUID(), r.Data())
-			for k, v := range r.Headers() {
+			m := message.NewMessage(watermill.NewUUID(), r.data)
+			for k, v := range r.header {
 				if len(v) > 0 {
 					m.Metadata.Set(k, v[0])
 				}
 			}
-			m.Metadata.Set(metaSubject, r.Subject())
-			m.Metadata.Set(metaSequence, fmt.Sprint(md.Sequence.Stream))
+			m.Metadata.Set(metaSubject, r.subject)
+			m.Metadata.Set(metaSequence, fmt.Sprint(r.seq))
 			m.Metadata.Set(metaError, err.Error())
 			out = append(out, m)
 			continue
