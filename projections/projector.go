@@ -70,6 +70,16 @@ type Projector struct {
 	mu      sync.Mutex
 	pos     uint64
 	changed chan struct{}
+	onBatch []func([]events.Envelope)
+}
+
+// OnBatch registers f to see every batch of events before it is applied, including batches
+// another instance already applied (the in-memory credential cache invalidates from them).
+// Register before Run.
+func (p *Projector) OnBatch(f func(batch []events.Envelope)) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.onBatch = append(p.onBatch, f)
 }
 
 // NewProjector creates the tables if needed and wires the Watermill router: recoverer (a panic
@@ -117,7 +127,7 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 	)
 	p.sub = &streamSubscriber{
 		js: cfg.JetStream, stream: cfg.Stream, start: p.checkpoint, maxBatch: cfg.MaxBatch,
-		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}),
+		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}), nudge: make(chan struct{}, 1),
 	}
 	router.AddConsumerHandler("project_"+cfg.Tables.Checkpoint(), events.SubjectRoot+".>", p.sub, p.handle)
 	p.router = router
@@ -143,6 +153,12 @@ func (p *Projector) handle(msg *message.Message) error {
 	if !ok {
 		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
+	}
+	p.mu.Lock()
+	observers := p.onBatch
+	p.mu.Unlock()
+	for _, f := range observers {
+		f(batch)
 	}
 	start := time.Now()
 	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)

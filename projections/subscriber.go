@@ -38,6 +38,7 @@ type streamSubscriber struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	want      atomic.Uint64 // the highest stream sequence a caller waits to see projected
+	nudge     chan struct{} // wakes the bridge when a caller starts waiting
 }
 
 // waitingFor tells the feed that a caller waits for the event at seq: if the consumer stays
@@ -45,7 +46,14 @@ type streamSubscriber struct {
 func (s *streamSubscriber) waitingFor(seq uint64) {
 	for {
 		cur := s.want.Load()
-		if seq <= cur || s.want.CompareAndSwap(cur, seq) {
+		if seq <= cur {
+			return
+		}
+		if s.want.CompareAndSwap(cur, seq) {
+			select {
+			case s.nudge <- struct{}{}:
+			default:
+			}
 			return
 		}
 	}
@@ -161,6 +169,7 @@ type feed struct {
 	lastSeen atomic.Uint64 // stream sequence of the last message handed to in
 	lastAt   atomic.Int64  // when it was handed (unix nanoseconds)
 	sending  atomic.Bool   // a delivery is waiting for room in `in`
+	bridging atomic.Bool   // the bridge handed on the last event: the consumer is presumed lost
 }
 
 const (
@@ -182,7 +191,7 @@ const (
 // push hands ev on unless a sequence at or after it was already handed on. Each source (a
 // consumer, the bridge) reads the stream in order without gaps from a start at or before
 // lastSeen+1, so under the mutex the sequences handed on are each stream event once, in order.
-func (f *feed) push(ev rawEvent) bool {
+func (f *feed) push(ev rawEvent, direct bool) bool {
 	f.pushMu.Lock()
 	defer f.pushMu.Unlock()
 	if ev.seq <= f.lastSeen.Load() {
@@ -194,6 +203,7 @@ func (f *feed) push(ev rawEvent) bool {
 	case f.in <- ev:
 		f.lastSeen.Store(ev.seq)
 		f.lastAt.Store(time.Now().UnixNano())
+		f.bridging.Store(direct)
 		return true
 	case <-f.s.closing:
 		return false
@@ -216,7 +226,7 @@ func (f *feed) consume(ctx context.Context) (jetstream.ConsumeContext, error) {
 		if err != nil || f.gen.Load() != gen {
 			return // from a replaced consumer
 		}
-		f.push(rawEvent{subject: m.Subject(), seq: md.Sequence.Stream, header: m.Headers(), data: m.Data()})
+		f.push(rawEvent{subject: m.Subject(), seq: md.Sequence.Stream, header: m.Headers(), data: m.Data()}, false)
 	}, jetstream.PullMaxMessages(f.s.maxBatch),
 		// Short pulls with frequent heartbeats, so a lost consumer is noticed quickly.
 		jetstream.PullExpiry(5*time.Second), jetstream.PullHeartbeat(time.Second))
@@ -287,13 +297,16 @@ func (f *feed) bridge(ctx context.Context) {
 		case <-f.s.closing:
 			return
 		case <-tick.C:
+		case <-f.s.nudge:
 		}
 		if f.sending.Load() {
 			continue
 		}
 		silent := time.Since(time.Unix(0, f.lastAt.Load()))
 		waiting := f.s.want.Load() > f.lastSeen.Load()
-		if !(waiting && silent >= bridgeAfter) && !(silent >= probeEvery && time.Since(lastProbe) >= probeEvery) {
+		// Once the bridge carries the feed, a waiting caller is served at once, not after
+		// another silence: until the consumer hands on an event again.
+		if !(waiting && (silent >= bridgeAfter || f.bridging.Load())) && !(silent >= probeEvery && time.Since(lastProbe) >= probeEvery) {
 			continue
 		}
 		lastProbe = time.Now()
@@ -362,7 +375,7 @@ func (f *feed) readDirect(ctx context.Context) (int, error) {
 			if err != nil {
 				return read, fmt.Errorf("direct get without a sequence: %w", err)
 			}
-			if !f.push(rawEvent{subject: m.Header.Get(jetstream.SubjectHeader), seq: seq, header: m.Header, data: m.Data}) {
+			if !f.push(rawEvent{subject: m.Header.Get(jetstream.SubjectHeader), seq: seq, header: m.Header, data: m.Data}, true) {
 				return read, nil
 			}
 			read++

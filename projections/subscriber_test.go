@@ -35,7 +35,7 @@ func publishN(t *testing.T, js jetstream.JetStream, n int) uint64 {
 func newTestFeed(js jetstream.JetStream, batch int) *feed {
 	s := &streamSubscriber{
 		js: js, stream: events.StreamName, maxBatch: batch, backoff: 10 * time.Millisecond,
-		logger: watermill.NewSlogLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), closing: make(chan struct{}),
+		logger: watermill.NewSlogLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), closing: make(chan struct{}), nudge: make(chan struct{}, 1),
 	}
 	f := &feed{s: s, topic: events.SubjectRoot + ".>", in: make(chan rawEvent, 4*batch)}
 	f.lastAt.Store(time.Now().UnixNano())

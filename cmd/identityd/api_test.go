@@ -223,9 +223,73 @@ func TestTwoInstancesReadYourWrites(t *testing.T) {
 		mustStatus(t, res, 201)
 		secret := res.json(t)["token"].(string)
 		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
+		// Both instances have the new token in memory before it is revoked on one of them.
 		mustStatus(t, call(t, r.url, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, w.url, "GET", "/api/v0/user", secret, nil), 200)
 		mustStatus(t, call(t, r.url, "DELETE", "/api/v0/user/api-tokens/"+id, token, nil), 204)
 		mustStatus(t, call(t, w.url, "GET", "/api/v0/user", secret, nil), 401)
+		mustStatus(t, call(t, r.url, "GET", "/api/v0/user", secret, nil), 401)
+	}
+}
+
+// TestRevocationRacesReadsOnAnotherInstance: while clients keep using a token on instance B
+// (answered from B's memory), it is revoked on instance A. Every request to B that started
+// after A answered the revocation is refused; before, either answer is fine.
+func TestRevocationRacesReadsOnAnotherInstance(t *testing.T) {
+	e := postgresEnv(t)
+	a, b := e.start(), e.start()
+	session, _ := signUp(t, a.url, "liskov@example.com", "Barbara")
+	for round := 0; round < 10; round++ {
+		res := call(t, a.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
+		mustStatus(t, res, 201)
+		secret := res.json(t)["token"].(string)
+		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
+		mustStatus(t, call(t, b.url, "GET", "/api/v0/user", secret, nil), 200)
+
+		type answer struct {
+			start  time.Time
+			status int
+		}
+		var mu sync.Mutex
+		var answers []answer
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					start := time.Now()
+					r := call(t, b.url, "GET", "/api/v0/user", secret, nil)
+					mu.Lock()
+					answers = append(answers, answer{start, r.Status})
+					mu.Unlock()
+				}
+			})
+		}
+		time.Sleep(30 * time.Millisecond)
+		mustStatus(t, call(t, a.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		revoked := time.Now()
+		time.Sleep(30 * time.Millisecond)
+		close(stop)
+		wg.Wait()
+		after := 0
+		for _, x := range answers {
+			if x.start.After(revoked) {
+				after++
+				if x.status != 401 {
+					t.Fatalf("round %d: a request started %s after the revocation answered %d", round, x.start.Sub(revoked), x.status)
+				}
+			} else if x.status != 200 && x.status != 401 {
+				t.Fatalf("round %d: a request answered %d", round, x.status)
+			}
+		}
+		if after == 0 || len(answers) == after {
+			t.Fatalf("round %d: %d requests, %d after the revocation; want some on each side", round, len(answers), after)
+		}
 	}
 }
 

@@ -88,6 +88,19 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
+	rm := projections.NewReadModel(a.db, projections.CurrentTables)
+	var creds httpapi.ReadModel = rm
+	var fence httpapi.Fence
+	if cfg.CacheLease > 0 {
+		// Before the projector runs, so the cache sees every batch.
+		cache, err := projections.NewCredentialCache(projections.CacheConfig{
+			ReadModel: rm, Head: store.Head, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
+		})
+		if err != nil {
+			return nil, err
+		}
+		creds, fence = cachedCredentials{ReadModel: rm, CredentialCache: cache}, cache
+	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
 	a.runDone = make(chan error, 1)
@@ -114,10 +127,9 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	rm := projections.NewReadModel(a.db, projections.CurrentTables)
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
-		Service: svc, ReadModel: rm, Barrier: a.projector, Usage: a.usage,
+		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
 		AdminEmails: cfg.AdminEmails, TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {
@@ -182,4 +194,20 @@ func loadOrCreateKey(path string) ([]byte, error) {
 		return nil, fmt.Errorf("write secret key: %w", err)
 	}
 	return key, nil
+}
+
+// cachedCredentials is the read model with credential lookups answered by the cache.
+type cachedCredentials struct {
+	*projections.ReadModel
+	*projections.CredentialCache
+}
+
+// APITokenByDigest is the cache's.
+func (c cachedCredentials) APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error) {
+	return c.CredentialCache.APITokenByDigest(ctx, digest)
+}
+
+// SessionByDigest is the cache's.
+func (c cachedCredentials) SessionByDigest(ctx context.Context, digest string) (projections.Credential, error) {
+	return c.CredentialCache.SessionByDigest(ctx, digest)
 }

@@ -395,6 +395,19 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 // Version implements domain.EventStore. It asks the stream leader (the non-direct message API)
 // rather than any replica: direct gets may be answered by a follower that lags.
 func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, error) {
+	return s.lastFor(ctx, agg.Filter())
+}
+
+// Head is the stream's last sequence as its leader knows it: every append acknowledged so far
+// is at or below it. Cheaper than stream info (one message lookup), and unlike a direct get
+// never answered by a replica that lags.
+func (s *Store) Head(ctx context.Context) (uint64, error) {
+	return s.lastFor(ctx, events.SubjectRoot+".>")
+}
+
+// lastFor is the sequence of the last message matching filter, asked of the stream leader
+// (the non-direct message API); 0 when none.
+func (s *Store) lastFor(ctx context.Context, filter string) (uint64, error) {
 	if s.nc.Status() != nats.CONNECTED {
 		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
 	}
@@ -402,7 +415,7 @@ func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, erro
 	defer cancel()
 	req, _ := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
-	}{agg.Filter()})
+	}{filter})
 	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.cfg.Stream, req)
 	if err != nil {
 		return 0, classify(err)

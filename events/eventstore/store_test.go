@@ -152,3 +152,25 @@ func TestVersionAsksTheLeader(t *testing.T) {
 		t.Fatalf("version %d (err %v), want %d", v, err, seq)
 	}
 }
+
+// TestHead: the leader's last sequence, 0 for an empty stream, the last append after appends.
+func TestHead(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	if h, err := st.Head(ctx); err != nil || h != 0 {
+		t.Fatalf("empty stream: head %d, %v; want 0", h, err)
+	}
+	var last uint64
+	for range 3 {
+		id := uuid.New()
+		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []domain.Expectation{{Aggregate: events.UserAggregate(id)}},
+			[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "A"})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+	}
+	if h, err := st.Head(ctx); err != nil || h != last {
+		t.Fatalf("head %d, %v; want %d", h, err, last)
+	}
+}

@@ -64,11 +64,33 @@ func (a *API) settle(c *gin.Context, seq uint64) bool {
 	return true
 }
 
-// settleRevocation is settle for writes that take credentials away (revoke, log out, delete):
-// until the read model has them, the credentials would still authenticate, so the caller gets
-// 503 and retries (the retry changes nothing and waits again) instead of a premature success.
+// settleChange is settle for writes that change what an instance may hold in memory (a
+// profile, a credential): once the read model has the write, it also waits out the credential
+// cache's lease (Fence), so no instance answers from the state before the write. Writes that
+// only create (sign-up, log-in, a new token) need not wait.
+func (a *API) settleChange(c *gin.Context, seq uint64) bool {
+	acked := time.Now() // the command returned: its append is acknowledged
+	if !a.settle(c, seq) {
+		return false
+	}
+	if seq == 0 || a.cfg.Fence == nil {
+		return true
+	}
+	ctx, cancel := context.WithTimeout(c.Request.Context(), a.cfg.ConsistencyTimeout)
+	defer cancel()
+	if err := a.cfg.Fence.Fence(ctx, acked); err != nil {
+		c.Header("Identityd-Read-Model", "lagging")
+		return false
+	}
+	return true
+}
+
+// settleRevocation is settleChange for writes that take credentials away (revoke, log out,
+// delete): until every instance has them, the credentials would still authenticate, so the
+// caller gets 503 and retries (the retry changes nothing and waits again) instead of a
+// premature success.
 func (a *API) settleRevocation(c *gin.Context, seq uint64) bool {
-	if a.settle(c, seq) {
+	if a.settleChange(c, seq) {
 		return true
 	}
 	a.abort(c, fail("service_unavailable", "the change is recorded but not yet in effect everywhere; retry the request"))
@@ -181,7 +203,7 @@ func (a *API) updateUser(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, res.Seq)
+	a.settleChange(c, res.Seq)
 	c.JSON(http.StatusOK, userOf(view))
 }
 

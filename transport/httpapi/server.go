@@ -36,6 +36,12 @@ type Barrier interface {
 	WaitFor(ctx context.Context, seq uint64) error
 }
 
+// Fence waits, after a write changed a profile or took credentials away, until no instance
+// can still answer from memory as of before the write (projections.CredentialCache.Fence).
+type Fence interface {
+	Fence(ctx context.Context, acked time.Time) error
+}
+
 // Usage records and reports token use.
 type Usage interface {
 	Touch(id uuid.UUID, at time.Time)
@@ -47,7 +53,9 @@ type Config struct {
 	Service   *domain.Service
 	ReadModel ReadModel
 	Barrier   Barrier
-	Usage     Usage
+	// Fence, when credentials are cached in memory, is the cache's commit wait; nil when not.
+	Fence Fence
+	Usage Usage
 	// Ready reports whether the backing services answer (for /readyz).
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).

@@ -1,0 +1,314 @@
+package projections
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/identityd/identityd/events"
+)
+
+// CredentialCache answers credential lookups (token digest → token and user) from memory,
+// without giving up "a revoked token stops working at once" — on this instance or any other.
+//
+// Three rules make a cached answer as good as a database read:
+//
+//   - Invalidation. The projector hands the cache every batch before applying it; each event
+//     of a user drops that user's entries. A database read that raced with an invalidation is
+//     not cached: an entry is stored only if its user row's version is not older than the
+//     last event seen for that user.
+//   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
+//     for the last sequence L, and this instance's read model (and so its invalidations) reached
+//     L before t0+Lease. The lease ends at t0+Lease. Renewal happens on demand, one at a time,
+//     so an idle service asks nothing and a busy one asks about once per Lease.
+//   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
+//     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
+//     was taken after the append, when L already covered it, so no instance can answer from an
+//     entry the write made stale.
+//
+// While the stream leader cannot be asked, or the read model lags, leases lapse and lookups go
+// to the database: the cache degrades to no cache, never to stale answers.
+type CredentialCache struct {
+	cfg  CacheConfig
+	base time.Time // monotonic origin of leaseEnd
+
+	leaseEnd atomic.Int64 // nanoseconds since base at which the lease ends (0: none)
+	renewMu  sync.Mutex
+	renewing chan struct{} // closed when the renewal in flight ends; nil when none
+
+	mu      sync.Mutex
+	entries map[cacheKey]cacheEntry
+	byUser  map[uuid.UUID][]cacheKey
+	seen    map[uuid.UUID]seenEvent // last event seen per user, kept for seenFor
+	pruneAt time.Time
+
+	hits, misses, lapsed atomic.Uint64
+}
+
+// CacheConfig configures a CredentialCache. Zero values take defaults.
+type CacheConfig struct {
+	// ReadModel answers misses (required).
+	ReadModel *ReadModel
+	// Head returns the stream's last sequence as its leader knows it — not a replica that
+	// may lag (required).
+	Head func(ctx context.Context) (uint64, error)
+	// Projection is the local projector: it feeds the cache its batches and tells when the
+	// read model reached a sequence (required).
+	Projection CacheProjection
+	// Lease is how long a confirmation that the cache is current lasts, and so how long a
+	// write that changes cached data waits after its append (default 20ms).
+	Lease time.Duration
+	// MaxEntries bounds the cache (default 100,000 credentials).
+	MaxEntries int
+}
+
+// CacheProjection is what the cache needs from the projector.
+type CacheProjection interface {
+	// OnBatch registers f to see every batch before it is applied.
+	OnBatch(f func(batch []events.Envelope))
+	// WaitFor returns once the read model includes seq.
+	WaitFor(ctx context.Context, seq uint64) error
+}
+
+func (c *CacheConfig) fill() {
+	if c.Lease <= 0 {
+		c.Lease = 20 * time.Millisecond
+	}
+	if c.MaxEntries <= 0 {
+		c.MaxEntries = 100_000
+	}
+}
+
+// Validate reports a configuration that cannot work.
+func (c CacheConfig) Validate() error {
+	if c.ReadModel == nil || c.Head == nil || c.Projection == nil {
+		return errors.New("projections: CacheConfig needs ReadModel, Head and Projection")
+	}
+	return nil
+}
+
+type cacheKey struct {
+	session bool
+	digest  string
+}
+
+type cacheEntry struct {
+	cred Credential
+}
+
+type seenEvent struct {
+	seq uint64
+	at  time.Time
+}
+
+// seenFor is how long the last event of a user is remembered: longer than any database read
+// that could race with it (the driver's read timeout is 10s).
+const seenFor = 30 * time.Second
+
+// NewCredentialCache returns a cache registered with the projection. Create it before the
+// projector runs, so it sees every batch.
+func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
+	cfg.fill()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := &CredentialCache{
+		cfg: cfg, base: time.Now(),
+		entries: map[cacheKey]cacheEntry{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
+	}
+	cfg.Projection.OnBatch(c.observe)
+	return c, nil
+}
+
+// APITokenByDigest resolves a live API token's digest, from memory when that is safe.
+func (c *CredentialCache) APITokenByDigest(ctx context.Context, digest string) (Credential, error) {
+	return c.lookup(ctx, cacheKey{digest: digest}, c.cfg.ReadModel.APITokenByDigest)
+}
+
+// SessionByDigest resolves a live session token's digest, from memory when that is safe.
+func (c *CredentialCache) SessionByDigest(ctx context.Context, digest string) (Credential, error) {
+	return c.lookup(ctx, cacheKey{session: true, digest: digest}, c.cfg.ReadModel.SessionByDigest)
+}
+
+func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(context.Context, string) (Credential, error)) (Credential, error) {
+	c.mu.Lock()
+	_, ok := c.entries[k]
+	c.mu.Unlock()
+	if ok {
+		if c.current(ctx) {
+			// Read the entry again: the lease covers invalidations made before it was taken,
+			// and taking it may have waited for some.
+			c.mu.Lock()
+			e, ok := c.entries[k]
+			c.mu.Unlock()
+			if ok {
+				c.hits.Add(1)
+				return e.cred, nil
+			}
+			c.misses.Add(1)
+		} else {
+			c.lapsed.Add(1)
+		}
+	} else {
+		c.misses.Add(1)
+	}
+	cred, err := load(ctx, k.digest)
+	if err != nil {
+		return cred, err
+	}
+	c.store(k, cred)
+	return cred, nil
+}
+
+// store caches cred unless an event of its user newer than the row was seen meanwhile.
+func (c *CredentialCache) store(k cacheKey, cred Credential) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.seen[cred.User.ID]; ok && s.seq > cred.User.Version {
+		return // the database answered from before an event already seen: do not keep it
+	}
+	if _, ok := c.entries[k]; !ok {
+		for len(c.entries) >= c.cfg.MaxEntries {
+			for old := range c.entries { // Go's map order is random: a random eviction
+				c.evict(old)
+				break
+			}
+		}
+		c.byUser[cred.User.ID] = append(c.byUser[cred.User.ID], k)
+	}
+	c.entries[k] = cacheEntry{cred: cred}
+}
+
+// evict drops one entry and its index; c.mu is held.
+func (c *CredentialCache) evict(k cacheKey) {
+	e, ok := c.entries[k]
+	if !ok {
+		return
+	}
+	delete(c.entries, k)
+	keys := c.byUser[e.cred.User.ID]
+	for i, kk := range keys {
+		if kk == k {
+			keys = append(keys[:i], keys[i+1:]...)
+			break
+		}
+	}
+	if len(keys) == 0 {
+		delete(c.byUser, e.cred.User.ID)
+	} else {
+		c.byUser[e.cred.User.ID] = keys
+	}
+}
+
+// observe drops the entries of every user an event of the batch concerns.
+func (c *CredentialCache) observe(batch []events.Envelope) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range batch {
+		agg, ok := e.Data.(interface{ Aggregate() events.Aggregate })
+		if !ok {
+			continue
+		}
+		a := agg.Aggregate()
+		if a.Kind != "user" {
+			continue
+		}
+		id, err := uuid.Parse(a.ID)
+		if err != nil {
+			continue
+		}
+		c.seen[id] = seenEvent{seq: e.Sequence, at: now}
+		for _, k := range c.byUser[id] {
+			delete(c.entries, k)
+		}
+		delete(c.byUser, id)
+	}
+	if now.After(c.pruneAt) {
+		for id, s := range c.seen {
+			if now.Sub(s.at) > seenFor {
+				delete(c.seen, id)
+			}
+		}
+		c.pruneAt = now.Add(seenFor / 2)
+	}
+}
+
+// current reports whether the cache holds a lease, renewing it if needed.
+func (c *CredentialCache) current(ctx context.Context) bool {
+	if time.Since(c.base).Nanoseconds() < c.leaseEnd.Load() {
+		return true
+	}
+	c.renewMu.Lock()
+	ch := c.renewing
+	if ch == nil {
+		ch = make(chan struct{})
+		c.renewing = ch
+		go c.renew(ch) //nolint:contextcheck // one renewal serves every waiting request; it has its own deadline
+	}
+	c.renewMu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		return false
+	}
+	return time.Since(c.base).Nanoseconds() < c.leaseEnd.Load()
+}
+
+// renew takes a lease if the read model reaches the leader's last sequence in time.
+func (c *CredentialCache) renew(done chan struct{}) {
+	defer func() {
+		c.renewMu.Lock()
+		c.renewing = nil
+		c.renewMu.Unlock()
+		close(done)
+	}()
+	t0 := time.Since(c.base)
+	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Lease)
+	defer cancel()
+	head, err := c.cfg.Head(ctx)
+	if err != nil {
+		return
+	}
+	if err := c.cfg.Projection.WaitFor(ctx, head); err != nil {
+		return
+	}
+	c.leaseEnd.Store((t0 + c.cfg.Lease).Nanoseconds())
+}
+
+// Fence waits until no instance can answer from an entry that a write acknowledged at acked
+// made stale: the commit wait of the lease rule.
+func (c *CredentialCache) Fence(ctx context.Context, acked time.Time) error {
+	wait := time.Until(acked.Add(c.cfg.Lease))
+	if wait <= 0 {
+		return nil
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// CacheStats are the cache's counters since it started.
+type CacheStats struct {
+	Entries int
+	// Hits were answered from memory; Misses went to the database; Lapsed were in memory but
+	// went to the database because no lease could be taken.
+	Hits, Misses, Lapsed uint64
+}
+
+// Stats returns the cache's counters.
+func (c *CredentialCache) Stats() CacheStats {
+	c.mu.Lock()
+	n := len(c.entries)
+	c.mu.Unlock()
+	return CacheStats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load()}
+}
