@@ -28,13 +28,13 @@ test: ## Run all tests with -race against PostgreSQL (deploy/test-postgres.sh)
 	echo "IDENTITYD_TEST_DATABASE_URL=$$dsn"; \
 	$(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) ./...
 
-test-faults: ## Fault tests (NATS/PostgreSQL/identityd killed under load, concurrency, security); run by CI
+test-faults: ## Fault tests (NATS/PostgreSQL/identityd/a cluster node killed under load, concurrency, security); run by CI
 	dsn="$$(bash deploy/test-postgres.sh)"; \
 	test -n "$$dsn"; \
 	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
-	$(GO) test -tags faults -run 'Fault' -skip 'FaultCluster' -count=1 -timeout 30m ./cmd/identityd/
+	$(GO) test -tags faults -run 'Fault' -count=1 -timeout 30m ./cmd/identityd/
 
-test-faults-cluster: ## The three-node NATS cluster fault test (not in CI yet: see README, "Known limits")
+test-faults-cluster: ## Only the three-node NATS cluster fault test (part of test-faults)
 	dsn="$$(bash deploy/test-postgres.sh)"; \
 	test -n "$$dsn"; \
 	export IDENTITYD_TEST_DATABASE_URL="$$dsn"; \
