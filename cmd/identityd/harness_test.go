@@ -95,7 +95,7 @@ func testConfig(t testing.TB, natsURL, dbURL string) config {
 		HTTPAddr: "127.0.0.1:0", DataDir: t.TempDir(), NATSURL: natsURL, NATSReplicas: 1,
 		DatabaseURL: dbURL, SecretKey: bytes.Repeat([]byte{7}, 32), LogLevel: slog.LevelWarn,
 		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
-		CacheLease: 20 * time.Millisecond, CacheEntries: 100_000, // the defaults
+		CacheLease: 10 * time.Millisecond, CacheEntries: 100_000, // the defaults
 	}
 }
 
