@@ -32,6 +32,7 @@ type config struct {
 	CacheEntries   int
 	AdminEmails    []string
 	TrustedProxies []string
+	DebugAddr      string
 }
 
 // setting describes one configuration variable for flags, env and --help.
@@ -56,6 +57,7 @@ var settings = []setting{
 	{"IDENTITYD_AUTH_CACHE_LEASE", "auth-cache-lease", "10ms", "credentials are answered from memory while this instance confirmed, within this long, that it has every event; writes that change a profile or revoke wait this long. Instances sharing a stream must use the same value; 0 turns the cache off"},
 	{"IDENTITYD_AUTH_CACHE_ENTRIES", "auth-cache-entries", "100000", "credentials kept in memory at most"},
 	{"IDENTITYD_ADMIN_EMAILS", "admin-emails", "", "comma-separated emails of the users allowed on the admin endpoints (audit log)"},
+	{"IDENTITYD_DEBUG_ADDR", "debug-addr", "", "address of the profiling endpoints (/debug/pprof/), e.g. 127.0.0.1:6060; unset: off. Never expose it publicly"},
 	{"IDENTITYD_TRUSTED_PROXIES", "trusted-proxies", "", "comma-separated proxy addresses/CIDRs whose X-Forwarded-For gives the client IP recorded in events; unset: none"},
 }
 
@@ -136,6 +138,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	c.AdminEmails = splitList(get("IDENTITYD_ADMIN_EMAILS"))
 	c.TrustedProxies = splitList(get("IDENTITYD_TRUSTED_PROXIES"))
+	c.DebugAddr = get("IDENTITYD_DEBUG_ADDR")
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.HTTPAddr
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"syscall"
@@ -56,6 +57,16 @@ func run(args []string) error {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    32 << 10,
 	}
+	if cfg.DebugAddr != "" {
+		dl, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.DebugAddr)
+		if err != nil {
+			return fmt.Errorf("listen on %s (debug): %w", cfg.DebugAddr, err)
+		}
+		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 5 * time.Second}
+		defer func() { _ = dbg.Close() }()
+		go func() { _ = dbg.Serve(dl) }()
+		logger.Info("profiling endpoints listening", "addr", dl.Addr().String(), "path", "/debug/pprof/")
+	}
 	logger.Info("identityd listening", "addr", ln.Addr().String(), "startup_ms", time.Since(started).Milliseconds())
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
@@ -68,4 +79,16 @@ func run(args []string) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	return srv.Shutdown(sctx)
+}
+
+// debugMux serves Go's profiles (net/http/pprof) on their own listener, never on the API's
+// address: operators profile a live instance without exposing the endpoints to callers.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
