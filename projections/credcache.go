@@ -22,8 +22,10 @@ import (
 //     not cached: an entry is stored only if its user row's version is not older than the
 //     last event seen for that user.
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
-//     for the last sequence L, and this instance's read model (and so its invalidations) reached
-//     L before t0+Lease. The lease ends at t0+Lease. Renewal happens on demand, one at a time,
+//     for the last sequence L, this instance's read model (and so its invalidations) reached L
+//     before t0+Lease, and the database answered. The lease ends at t0+Lease. (The database
+//     check keeps the documented behaviour of an outage: reads fail with 503 within a lease
+//     rather than going on from memory.) Renewal happens on demand, one at a time,
 //     so an idle service asks nothing and a busy one about twice per Lease, ahead of expiry.
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
@@ -210,16 +212,8 @@ func (c *CredentialCache) observe(batch []events.Envelope) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range batch {
-		agg, ok := e.Data.(interface{ Aggregate() events.Aggregate })
+		id, ok := ownerOf(e)
 		if !ok {
-			continue
-		}
-		a := agg.Aggregate()
-		if a.Kind != "user" {
-			continue
-		}
-		id, err := uuid.Parse(a.ID)
-		if err != nil {
 			continue
 		}
 		c.seen[id] = seenEvent{seq: e.Sequence, at: now}
@@ -284,6 +278,9 @@ func (c *CredentialCache) renew(done chan struct{}) {
 		return
 	}
 	if err := c.cfg.Projection.WaitFor(ctx, head); err != nil {
+		return
+	}
+	if _, err := c.cfg.ReadModel.DB().ExecContext(ctx, "SELECT 1"); err != nil {
 		return
 	}
 	c.leaseEnd.Store((t0 + c.cfg.Lease).Nanoseconds())

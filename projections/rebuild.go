@@ -1,6 +1,7 @@
 package projections
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -17,12 +18,14 @@ type StreamReader func(ctx context.Context, from uint64, limit int) ([]events.En
 // RebuildConfig configures Rebuild.
 type RebuildConfig struct {
 	DB *bun.DB
-	// Read reads the stream; Last returns the stream's last sequence.
+	// Read reads the stream; Last returns the stream's last sequence. Read must be safe for
+	// concurrent use: the bulk load keeps several reads of consecutive ranges in flight.
 	Read StreamReader
 	Last func(ctx context.Context) (uint64, error)
 	// Live is the generation being replaced (default CurrentTables).
 	Live Tables
-	// Batch is the number of events applied per transaction (default 1000).
+	// Batch is the number of events per read of the stream (the bulk load keeps a few reads in
+	// flight), and per transaction when catching up after it (default 1000).
 	Batch int
 	// Progress, if set, is told the position reached and the stream's end.
 	Progress func(pos, end uint64)
@@ -75,12 +78,16 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		return RebuildResult{}, err
 	}
 	// What arrived meanwhile: event by event, outside the lock, until the remainder is small.
+	// A read that comes back empty short of the end ends this too (looping on it would spin
+	// for as long as the reader cannot see the rest): the switch-over reads once more and
+	// refuses to switch if the events are still missing.
+catchUp:
 	for {
 		end, err := cfg.Last(ctx)
 		if err != nil {
 			return RebuildResult{}, err
 		}
-		if end-pos <= uint64(cfg.Batch) { //nolint:gosec // Batch > 0 (defaulted above)
+		if end <= pos || end-pos <= uint64(cfg.Batch) { //nolint:gosec // Batch > 0 (defaulted above)
 			break
 		}
 		for pos < end {
@@ -89,7 +96,7 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 				return RebuildResult{}, fmt.Errorf("read stream at %d: %w", pos+1, err)
 			}
 			if len(batch) == 0 {
-				break
+				break catchUp
 			}
 			if pos, err = applyBatch(ctx, cfg.DB, next, batch); err != nil {
 				return RebuildResult{}, err
@@ -100,8 +107,13 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 			}
 		}
 	}
-	if err := createIndexes(ctx, cfg.DB, next); err != nil {
-		return RebuildResult{}, err
+	// PostgreSQL renames the indexes with their tables at the switch-over. SQLite cannot rename
+	// an index: swapTables builds them there under their live names, so building them here as
+	// well would only do the work twice.
+	if isPG(cfg.DB) {
+		if err := buildIndexes(ctx, cfg.DB, indexDefs(next)); err != nil {
+			return RebuildResult{}, err
+		}
 	}
 	// Switch over: the rest, under the live checkpoint's lock, then swap the tables.
 	err = cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
@@ -151,6 +163,53 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		return RebuildResult{}, fmt.Errorf("switch over: %w", err)
 	}
 	return RebuildResult{Events: replayed, Position: pos, Duration: time.Since(start)}, nil
+}
+
+// indexWorkers is how many indexes buildIndexes builds at once on PostgreSQL. A build is mostly
+// one backend sorting on one CPU, and the builds do not block each other (CREATE INDEX takes a
+// SHARE lock, which SHARE locks do not conflict with), so two builds use both cores of a small
+// machine; more would only make them take turns.
+const indexWorkers = 2
+
+// buildIndexes creates indexes (idempotent): indexWorkers at a time on PostgreSQL, one after
+// the other on SQLite, which has a single writer.
+func buildIndexes(ctx context.Context, db *bun.DB, defs []indexDef) error {
+	create := func(idx indexDef) error {
+		if _, err := db.ExecContext(ctx, idx.sql); err != nil {
+			return fmt.Errorf("%s: %w", idx.sql, err)
+		}
+		return nil
+	}
+	if !isPG(db) {
+		for _, idx := range defs {
+			if err := create(idx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	work := make(chan indexDef)
+	errs := make(chan error, indexWorkers)
+	for range indexWorkers {
+		go func() {
+			var first error
+			for idx := range work {
+				if first == nil {
+					first = create(idx)
+				}
+			}
+			errs <- first
+		}()
+	}
+	for _, idx := range defs {
+		work <- idx
+	}
+	close(work)
+	var err error
+	for range indexWorkers {
+		err = cmp.Or(err, <-errs)
+	}
+	return err
 }
 
 // tableNames lists a generation's tables.

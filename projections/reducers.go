@@ -200,11 +200,44 @@ func auditRow(e events.Envelope) (AuditRow, error) {
 		Actor: e.Metadata.Actor, RequestID: e.Metadata.RequestID, SourceIP: e.Metadata.SourceIP,
 		UserAgent: e.Metadata.UserAgent, OccurredAt: e.Time.UTC(), SchemaVersion: e.WrittenVersion, Data: string(data),
 	}
-	var owner struct {
-		UserID *uuid.UUID `json:"user_id"`
-	}
-	if json.Unmarshal(data, &owner) == nil && owner.UserID != nil {
-		row.UserID = owner.UserID
+	if id, ok := payloadUserID(e.Data); ok {
+		row.UserID = &id
+	} else {
+		// A type payloadUserID does not list yet: the payload's user_id, if any.
+		var owner struct {
+			UserID *uuid.UUID `json:"user_id"`
+		}
+		if json.Unmarshal(data, &owner) == nil && owner.UserID != nil {
+			row.UserID = owner.UserID
+		}
 	}
 	return row, nil
+}
+
+// payloadUserID is the user_id of an event's payload, read without decoding JSON again (the
+// audit row is built for every event, also in bulk rebuilds).
+func payloadUserID(ev events.Event) (uuid.UUID, bool) {
+	switch e := ev.(type) {
+	case events.UserRegistered:
+		return e.UserID, true
+	case events.UserRenamed:
+		return e.UserID, true
+	case events.PasswordSet:
+		return e.UserID, true
+	case events.TokenCreated:
+		return e.UserID, true
+	case events.TokenRevoked:
+		return e.UserID, true
+	case events.SessionStarted:
+		return e.UserID, true
+	case events.SessionEnded:
+		return e.UserID, true
+	case events.UserDeleted:
+		return e.UserID, true
+	case events.EmailClaimed:
+		return e.UserID, true
+	case events.EmailReleased:
+		return e.UserID, true
+	}
+	return uuid.Nil, false
 }

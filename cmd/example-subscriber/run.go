@@ -103,6 +103,11 @@ func run(ctx context.Context, js jetstream.JetStream, cfg config) error {
 			}
 			return fmt.Errorf("next message: %w", err)
 		}
+		if ctx.Err() != nil {
+			// Asked to stop while a message was already on its way: leave it unacked, the
+			// next run gets it. (Next may hand over a buffered message after cancellation.)
+			return nil
+		}
 		if err := p.handle(ctx, msg, cfg); err != nil {
 			return err
 		}
