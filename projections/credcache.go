@@ -22,10 +22,10 @@ import (
 //     not cached: an entry is stored only if its user row's version is not older than the
 //     last event seen for that user.
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
-//     for the last sequence L, this instance's read model (and so its invalidations) reached L
-//     before t0+Lease, and the database answered. The lease ends at t0+Lease. (The database
-//     check keeps the documented behaviour of an outage: reads fail with 503 within a lease
-//     rather than going on from memory.) Renewal happens on demand, one at a time,
+//     for the last sequence L, this instance's read model reached L and the cache saw every
+//     batch up to L (and so made its invalidations) before t0+Lease, and the database answered a health check less than dbFresh ago. The
+//     lease ends at t0+Lease. (The health check keeps the documented behaviour of an outage:
+//     reads fail with 503 within a fraction of a second rather than going on from memory.) Renewal happens on demand, one at a time,
 //     so an idle service asks nothing and a busy one about twice per Lease, ahead of expiry.
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
@@ -48,8 +48,27 @@ type CredentialCache struct {
 	seen    map[uuid.UUID]seenEvent // last event seen per user, kept for seenFor
 	pruneAt time.Time
 
-	hits, misses, lapsed atomic.Uint64
+	hits, misses, lapsed, renewals, failed atomic.Uint64
+
+	// observed is the last sequence whose batch observe saw: the read model's position is not
+	// enough, since a batch another instance applied first moves it before the local
+	// projector has handed that batch to observe. observedCh is closed when it moves.
+	observed   atomic.Uint64
+	observedMu sync.Mutex
+	observedCh chan struct{}
+
+	dbOK      atomic.Int64 // nanoseconds since base of the last database health check passed
+	stop      chan struct{}
+	stopped   chan struct{}
+	closeOnce sync.Once
 }
+
+const (
+	// pingEvery is how often the database's health is checked.
+	pingEvery = 100 * time.Millisecond
+	// dbFresh is how recent a passed health check must be for a lease to be taken.
+	dbFresh = 3 * pingEvery
+)
 
 // CacheConfig configures a CredentialCache. Zero values take defaults.
 type CacheConfig struct {
@@ -61,6 +80,9 @@ type CacheConfig struct {
 	// Projection is the local projector: it feeds the cache its batches and tells when the
 	// read model reached a sequence (required).
 	Projection CacheProjection
+	// Ping checks that the database answers (required); the cache calls it every pingEvery.
+	// Give it a connection of its own, so a busy pool does not make a live database look dead.
+	Ping func(ctx context.Context) error
 	// Lease is how long a confirmation that the cache is current lasts, and so how long a
 	// write that changes cached data waits after its append (default 10ms).
 	Lease time.Duration
@@ -74,6 +96,8 @@ type CacheProjection interface {
 	OnBatch(f func(batch []events.Envelope))
 	// WaitFor returns once the read model includes seq.
 	WaitFor(ctx context.Context, seq uint64) error
+	// Position is the sequence the read model includes now.
+	Position() uint64
 }
 
 func (c *CacheConfig) fill() {
@@ -87,8 +111,8 @@ func (c *CacheConfig) fill() {
 
 // Validate reports a configuration that cannot work.
 func (c CacheConfig) Validate() error {
-	if c.ReadModel == nil || c.Head == nil || c.Projection == nil {
-		return errors.New("projections: CacheConfig needs ReadModel, Head and Projection")
+	if c.ReadModel == nil || c.Head == nil || c.Projection == nil || c.Ping == nil {
+		return errors.New("projections: CacheConfig needs ReadModel, Head, Projection and Ping")
 	}
 	return nil
 }
@@ -122,8 +146,42 @@ func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
 		cfg: cfg, base: time.Now(),
 		entries: map[cacheKey]cacheEntry{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
 	}
+	// Everything up to the projector's position is in the database already; the cache is
+	// empty, so there is nothing of it to invalidate.
+	c.observed.Store(cfg.Projection.Position())
+	c.observedCh = make(chan struct{})
+	c.stop, c.stopped = make(chan struct{}), make(chan struct{})
+	go c.checkDB()
 	cfg.Projection.OnBatch(c.observe)
 	return c, nil
+}
+
+// checkDB pings the database every pingEvery until Close.
+func (c *CredentialCache) checkDB() {
+	defer close(c.stopped)
+	tick := time.NewTicker(pingEvery)
+	defer tick.Stop()
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), dbFresh)
+		if c.cfg.Ping(ctx) == nil {
+			c.dbOK.Store(time.Since(c.base).Nanoseconds())
+		}
+		cancel()
+		select {
+		case <-c.stop:
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// Close stops the database health check; lookups go on, without leases.
+func (c *CredentialCache) Close() {
+	c.closeOnce.Do(func() {
+		close(c.stop)
+		<-c.stopped
+		c.dbOK.Store(0)
+	})
 }
 
 // APITokenByDigest resolves a live API token's digest, from memory when that is safe.
@@ -222,6 +280,13 @@ func (c *CredentialCache) observe(batch []events.Envelope) {
 		}
 		delete(c.byUser, id)
 	}
+	if n := len(batch); n > 0 && batch[n-1].Sequence > c.observed.Load() {
+		c.observed.Store(batch[n-1].Sequence)
+		c.observedMu.Lock()
+		close(c.observedCh)
+		c.observedCh = make(chan struct{})
+		c.observedMu.Unlock()
+	}
 	if now.After(c.pruneAt) {
 		for id, s := range c.seen {
 			if now.Sub(s.at) > seenFor {
@@ -273,6 +338,13 @@ func (c *CredentialCache) renew(done chan struct{}) {
 	t0 := time.Since(c.base)
 	ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Lease)
 	defer cancel()
+	c.renewals.Add(1)
+	ok := false
+	defer func() {
+		if !ok {
+			c.failed.Add(1)
+		}
+	}()
 	head, err := c.cfg.Head(ctx)
 	if err != nil {
 		return
@@ -280,10 +352,24 @@ func (c *CredentialCache) renew(done chan struct{}) {
 	if err := c.cfg.Projection.WaitFor(ctx, head); err != nil {
 		return
 	}
-	if _, err := c.cfg.ReadModel.DB().ExecContext(ctx, "SELECT 1"); err != nil {
-		return
+	for c.observed.Load() < head {
+		c.observedMu.Lock()
+		ch := c.observedCh
+		c.observedMu.Unlock()
+		if c.observed.Load() >= head {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return
+		}
+	}
+	if ok := c.dbOK.Load(); ok == 0 || t0.Nanoseconds()-ok > dbFresh.Nanoseconds() {
+		return // the database did not answer lately: reads must fail, not go on from memory
 	}
 	c.leaseEnd.Store((t0 + c.cfg.Lease).Nanoseconds())
+	ok = true
 }
 
 // Fence waits until no instance can answer from an entry that a write acknowledged at acked
@@ -309,6 +395,8 @@ type CacheStats struct {
 	// Hits were answered from memory; Misses went to the database; Lapsed were in memory but
 	// went to the database because no lease could be taken.
 	Hits, Misses, Lapsed uint64
+	// Renewals of the lease were tried; Failed did not finish within a lease.
+	Renewals, Failed uint64
 }
 
 // Stats returns the cache's counters.
@@ -316,5 +404,6 @@ func (c *CredentialCache) Stats() CacheStats {
 	c.mu.Lock()
 	n := len(c.entries)
 	c.mu.Unlock()
-	return CacheStats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load()}
+	return CacheStats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load(),
+		Renewals: c.renewals.Load(), Failed: c.failed.Load()}
 }

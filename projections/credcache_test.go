@@ -26,6 +26,12 @@ type cacheProjection struct {
 
 func (p *cacheProjection) OnBatch(f func([]events.Envelope)) { p.fns = append(p.fns, f) }
 
+func (p *cacheProjection) Position() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.pos
+}
+
 func (p *cacheProjection) WaitFor(ctx context.Context, seq uint64) error {
 	for {
 		p.mu.Lock()
@@ -63,11 +69,12 @@ func (p *cacheProjection) deliver(evs ...events.Event) uint64 {
 }
 
 type cacheWorld struct {
-	proj  *cacheProjection
-	cache *CredentialCache
-	head  atomic.Uint64 // what the stream leader says
-	user  uuid.UUID
-	tok   events.TokenCreated
+	proj   *cacheProjection
+	cache  *CredentialCache
+	head   atomic.Uint64 // what the stream leader says
+	dbDown atomic.Bool   // the health check fails
+	user   uuid.UUID
+	tok    events.TokenCreated
 }
 
 func newCacheWorld(t *testing.T, b testBackend, lease time.Duration) *cacheWorld {
@@ -78,9 +85,19 @@ func newCacheWorld(t *testing.T, b testBackend, lease time.Duration) *cacheWorld
 		ReadModel:  NewReadModel(db, CurrentTables),
 		Head:       func(context.Context) (uint64, error) { return w.head.Load(), nil },
 		Projection: w.proj, Lease: lease, MaxEntries: 3,
+		Ping: func(ctx context.Context) error {
+			if w.dbDown.Load() {
+				return errors.New("database down")
+			}
+			return db.PingContext(ctx)
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(w.cache.Close)
+	for w.cache.dbOK.Load() == 0 { // the first health check
+		time.Sleep(time.Millisecond)
 	}
 	w.tok = tokenCreated(w.user, uuid.New(), t0, nil)
 	w.head.Store(w.proj.deliver(registered(w.user, "Ada"), w.tok))
@@ -136,6 +153,49 @@ func TestCredentialCache(t *testing.T) {
 				}
 				if s := w.cache.Stats(); s.Hits != 0 || s.Lapsed != 1 {
 					t.Fatalf("stats %+v, want the cached entry not used (1 lapsed)", s)
+				}
+			})
+
+			t.Run("a read model moved by another instance is not enough: the batch must be seen", func(t *testing.T) {
+				w := newCacheWorld(t, b, 5*time.Millisecond)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond) // the first lease ran out
+				// Another instance applied a revocation: the leader and this read model's
+				// position have it, this instance's projector has not handed it over yet.
+				w.proj.mu.Lock()
+				w.proj.pos++
+				w.proj.mu.Unlock()
+				w.head.Add(1)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				if s := w.cache.Stats(); s.Hits != 0 || s.Lapsed != 1 {
+					t.Fatalf("stats %+v, want the cached entry not used (1 lapsed)", s)
+				}
+			})
+
+			t.Run("with the database down no lease is taken: lookups fail as the database does", func(t *testing.T) {
+				w := newCacheWorld(t, b, 5*time.Millisecond)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				w.dbDown.Store(true)
+				time.Sleep(dbFresh + 2*pingEvery)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err) // the database itself still answers in this test
+				}
+				if s := w.cache.Stats(); s.Hits != 0 || s.Lapsed != 1 {
+					t.Fatalf("stats %+v, want the cached entry not used (1 lapsed)", s)
+				}
+				w.dbDown.Store(false)
+				time.Sleep(2 * pingEvery)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				if s := w.cache.Stats(); s.Hits != 1 {
+					t.Fatalf("stats %+v, want a hit once the database is back", s)
 				}
 			})
 

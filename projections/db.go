@@ -24,6 +24,10 @@ type DBConfig struct {
 	URL string
 	// MaxOpenConns bounds the connection pool (default 16 for PostgreSQL, 8 for SQLite).
 	MaxOpenConns int
+	// ReadTimeout bounds the wait for one answer of PostgreSQL (default 10s): long enough for
+	// any query the service makes, short enough that a dead server fails requests clearly.
+	// Tools doing bulk work raise it.
+	ReadTimeout time.Duration
 }
 
 // Validate reports a configuration that cannot work.
@@ -61,8 +65,12 @@ func OpenDB(ctx context.Context, cfg DBConfig) (*bun.DB, error) {
 	}
 	var db *bun.DB
 	if isPostgres(cfg.URL) {
+		rt := cfg.ReadTimeout
+		if rt <= 0 {
+			rt = 10 * time.Second
+		}
 		sqldb := sql.OpenDB(pgdriver.NewConnector(pgdriver.WithDSN(cfg.URL),
-			pgdriver.WithTimeout(5*time.Second), pgdriver.WithReadTimeout(10*time.Second)))
+			pgdriver.WithTimeout(5*time.Second), pgdriver.WithReadTimeout(rt)))
 		n := cfg.MaxOpenConns
 		if n <= 0 {
 			n = 16

@@ -75,7 +75,7 @@ type Projector struct {
 
 // OnBatch registers f to see every batch of events before it is applied, including batches
 // another instance already applied (the in-memory credential cache invalidates from them).
-// Register before Run.
+// Observers run in the order registered; register before Run to see every batch.
 func (p *Projector) OnBatch(f func(batch []events.Envelope)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

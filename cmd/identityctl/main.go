@@ -208,7 +208,8 @@ func (c *cli) database(ctx context.Context, create bool) (*bun.DB, error) {
 			return nil, fmt.Errorf("no read model at %s (set IDENTITYD_DATA_DIR to identityd's data dir, or IDENTITYD_DATABASE_URL): %w", c.sqlitePath, err)
 		}
 	}
-	db, err := projections.OpenDB(ctx, projections.DBConfig{URL: c.dbURL})
+	// Rebuilds copy millions of rows and build indexes over them: one answer may take minutes.
+	db, err := projections.OpenDB(ctx, projections.DBConfig{URL: c.dbURL, ReadTimeout: 30 * time.Minute})
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,8 @@ type app struct {
 	projector *projections.Projector
 	usage     *projections.UsageTracker
 	db        *bun.DB
+	pingDB    *bun.DB                      // one connection of its own for the cache lease's check
+	cache     *projections.CredentialCache // nil when turned off
 	nc        *nats.Conn
 	ns        *server.Server // nil with an external NATS
 	logger    *slog.Logger
@@ -92,14 +94,18 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	var creds httpapi.ReadModel = rm
 	var fence httpapi.Fence
 	if cfg.CacheLease > 0 {
+		if a.pingDB, err = projections.OpenDB(ctx, projections.DBConfig{URL: dbURL, MaxOpenConns: 1}); err != nil {
+			return nil, err
+		}
 		// Before the projector runs, so the cache sees every batch.
-		cache, err := projections.NewCredentialCache(projections.CacheConfig{
+		a.cache, err = projections.NewCredentialCache(projections.CacheConfig{
 			ReadModel: rm, Head: store.Head, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
+			Ping: func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
 		})
 		if err != nil {
 			return nil, err
 		}
-		creds, fence = cachedCredentials{ReadModel: rm, CredentialCache: cache}, cache
+		creds, fence = cachedCredentials{ReadModel: rm, CredentialCache: a.cache}, a.cache
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
@@ -161,11 +167,17 @@ func (a *app) close() {
 	if a.usage != nil {
 		a.usage.Close()
 	}
+	if a.cache != nil {
+		a.cache.Close()
+	}
 	if a.nc != nil {
 		_ = a.nc.Drain()
 	}
 	if a.db != nil {
 		_ = a.db.Close()
+	}
+	if a.pingDB != nil {
+		_ = a.pingDB.Close()
 	}
 	if a.ns != nil {
 		a.ns.Shutdown()

@@ -7,6 +7,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,7 +63,7 @@ func run(args []string) error {
 		if err != nil {
 			return fmt.Errorf("listen on %s (debug): %w", cfg.DebugAddr, err)
 		}
-		dbg := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 5 * time.Second}
+		dbg := &http.Server{Handler: debugMux(a), ReadHeaderTimeout: 5 * time.Second}
 		defer func() { _ = dbg.Close() }()
 		go func() { _ = dbg.Serve(dl) }()
 		logger.Info("profiling endpoints listening", "addr", dl.Addr().String(), "path", "/debug/pprof/")
@@ -81,10 +82,19 @@ func run(args []string) error {
 	return srv.Shutdown(sctx)
 }
 
-// debugMux serves Go's profiles (net/http/pprof) on their own listener, never on the API's
-// address: operators profile a live instance without exposing the endpoints to callers.
-func debugMux() *http.ServeMux {
+// debugMux serves Go's profiles (net/http/pprof) and the credential cache's counters on their
+// own listener, never on the API's address: operators look inside a live instance without
+// exposing the endpoints to callers.
+func debugMux(a *app) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/identityd/cache", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if a.cache == nil {
+			_, _ = w.Write([]byte(`{"enabled":false}` + "\n"))
+			return
+		}
+		_ = json.NewEncoder(w).Encode(a.cache.Stats())
+	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

@@ -87,7 +87,8 @@ func (b *bench) startPostgres(ctx context.Context) error {
 	}
 	u.Path = "/" + b.dbName
 	b.dsn = u.String()
-	if b.db, err = projections.OpenDB(ctx, projections.DBConfig{URL: b.dsn, MaxOpenConns: 8}); err != nil {
+	// Bulk seeding and copying millions of rows: answers may take minutes.
+	if b.db, err = projections.OpenDB(ctx, projections.DBConfig{URL: b.dsn, MaxOpenConns: 8, ReadTimeout: 30 * time.Minute}); err != nil {
 		return err
 	}
 	b.pgSettings = map[string]string{"database": b.dbName, "server": u.Host}
@@ -153,6 +154,7 @@ func (b *bench) identitydEnv(extra ...string) []string {
 		"IDENTITYD_ARGON2_MEMORY_KIB=" + strconv.Itoa(argonMemKiB),
 		"IDENTITYD_ARGON2_TIME=" + strconv.Itoa(argonTime),
 		"IDENTITYD_LOG_LEVEL=warn",
+		"IDENTITYD_DEBUG_ADDR=" + b.opt.debugAddr,
 	}, extra...)...)
 }
 

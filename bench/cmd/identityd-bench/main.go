@@ -33,6 +33,7 @@ type options struct {
 	getTokens  int
 	out        string
 	keepTmp    bool
+	debugAddr  string
 	only       map[string]bool
 
 	memUsers, memTokens, rebuildEvents int
@@ -75,6 +76,7 @@ func main() {
 	flag.IntVar(&o.getTokens, "get-tokens", 20000, "distinct tokens (API-seeded + bulk-seeded) cycled through in scenario 1")
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "JSON results file (relative to the repository root)")
 	flag.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temp dir (logs, NATS store) instead of removing it")
+	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve identityd's profiling endpoints here (IDENTITYD_DEBUG_ADDR), e.g. 127.0.0.1:6060, to profile a scenario while it runs")
 	flag.StringVar(&only, "only", "1,2,3,4,5,6,7", "comma-separated scenarios to run")
 	flag.Parse()
 	o.only = map[string]bool{}
