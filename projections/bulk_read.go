@@ -103,7 +103,7 @@ func (ra *readAhead) next(ctx context.Context) (evs []events.Envelope, from uint
 			return nil, ra.last + 1, context.Cause(ctx)
 		}
 		ra.k++
-		if !ok { // the ranges are used up (or cancelled): carry on sequentially
+		if !ok { // the ranges are used up (or canceled): carry on sequentially
 			ra.stopWorkers()
 			break
 		}

@@ -24,7 +24,7 @@ import (
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
 //     for the last sequence L, this instance's read model reached L and the cache saw every
 //     batch up to L (and so made its invalidations) before t0+Lease, and the database answered a health check less than dbFresh ago. The
-//     lease ends at t0+Lease. (The health check keeps the documented behaviour of an outage:
+//     lease ends at t0+Lease. (The health check keeps the documented behavior of an outage:
 //     reads fail with 503 within a fraction of a second rather than going on from memory.) Renewal happens on demand, one at a time,
 //     so an idle service asks nothing and a busy one about twice per Lease, ahead of expiry.
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
@@ -302,11 +302,11 @@ func (c *CredentialCache) current(ctx context.Context) bool {
 	now, end := time.Since(c.base).Nanoseconds(), c.leaseEnd.Load()
 	if now < end {
 		if end-now < c.cfg.Lease.Nanoseconds()/2 {
-			c.startRenewal() // renew ahead, so a busy instance's requests never wait for it
+			c.startRenewal() //nolint:contextcheck // renew ahead, so a busy instance's requests never wait for it; the renewal has its own deadline
 		}
 		return true
 	}
-	ch := c.startRenewal()
+	ch := c.startRenewal() //nolint:contextcheck // one renewal serves every waiting request; it has its own deadline
 	select {
 	case <-ch:
 	case <-ctx.Done():

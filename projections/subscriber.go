@@ -306,7 +306,9 @@ func (f *feed) bridge(ctx context.Context) {
 		waiting := f.s.want.Load() > f.lastSeen.Load()
 		// Once the bridge carries the feed, a waiting caller is served at once, not after
 		// another silence: until the consumer hands on an event again.
-		if !(waiting && (silent >= bridgeAfter || f.bridging.Load())) && !(silent >= probeEvery && time.Since(lastProbe) >= probeEvery) {
+		serveWaiting := waiting && (silent >= bridgeAfter || f.bridging.Load())
+		probe := silent >= probeEvery && time.Since(lastProbe) >= probeEvery
+		if !serveWaiting && !probe {
 			continue
 		}
 		lastProbe = time.Now()
