@@ -43,7 +43,7 @@ type CredentialCache struct {
 	renewing chan struct{} // closed when the renewal in flight ends; nil when none
 
 	mu      sync.Mutex
-	entries map[cacheKey]cacheEntry
+	entries map[cacheKey]Credential
 	byUser  map[uuid.UUID][]cacheKey
 	seen    map[uuid.UUID]seenEvent // last event seen per user, kept for seenFor
 	pruneAt time.Time
@@ -122,10 +122,6 @@ type cacheKey struct {
 	digest  string
 }
 
-type cacheEntry struct {
-	cred Credential
-}
-
 type seenEvent struct {
 	seq uint64
 	at  time.Time
@@ -144,7 +140,7 @@ func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
 	}
 	c := &CredentialCache{
 		cfg: cfg, base: time.Now(),
-		entries: map[cacheKey]cacheEntry{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
+		entries: map[cacheKey]Credential{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
 	}
 	// Everything up to the projector's position is in the database already; the cache is
 	// empty, so there is nothing of it to invalidate.
@@ -203,11 +199,11 @@ func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(cont
 			// Read the entry again: the lease covers invalidations made before it was taken,
 			// and taking it may have waited for some.
 			c.mu.Lock()
-			e, ok := c.entries[k]
+			cred, ok := c.entries[k]
 			c.mu.Unlock()
 			if ok {
 				c.hits.Add(1)
-				return e.cred, nil
+				return cred, nil
 			}
 			c.misses.Add(1)
 		} else {
@@ -240,17 +236,17 @@ func (c *CredentialCache) store(k cacheKey, cred Credential) {
 		}
 		c.byUser[cred.User.ID] = append(c.byUser[cred.User.ID], k)
 	}
-	c.entries[k] = cacheEntry{cred: cred}
+	c.entries[k] = cred
 }
 
 // evict drops one entry and its index; c.mu is held.
 func (c *CredentialCache) evict(k cacheKey) {
-	e, ok := c.entries[k]
+	cred, ok := c.entries[k]
 	if !ok {
 		return
 	}
 	delete(c.entries, k)
-	keys := c.byUser[e.cred.User.ID]
+	keys := c.byUser[cred.User.ID]
 	for i, kk := range keys {
 		if kk == k {
 			keys = append(keys[:i], keys[i+1:]...)
@@ -258,9 +254,9 @@ func (c *CredentialCache) evict(k cacheKey) {
 		}
 	}
 	if len(keys) == 0 {
-		delete(c.byUser, e.cred.User.ID)
+		delete(c.byUser, cred.User.ID)
 	} else {
-		c.byUser[e.cred.User.ID] = keys
+		c.byUser[cred.User.ID] = keys
 	}
 }
 

@@ -2,10 +2,8 @@ package projections
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
 )
 
 // streamSubscriber is a Watermill subscriber over a JetStream ordered consumer that delivers
@@ -323,67 +322,27 @@ func (f *feed) bridge(ctx context.Context) {
 	}
 }
 
-// directGet is a batched direct get request (JetStream ≥ 2.11).
-type directGet struct {
-	Seq     uint64 `json:"seq"`
-	NextFor string `json:"next_by_subj,omitempty"`
-	Batch   int    `json:"batch"`
-}
+// errFeedClosed stops a direct read when the subscriber closes.
+var errFeedClosed = errors.New("projection feed closed")
 
 // readDirect hands on the events after lastSeen with batched direct gets, up to bridgeRounds
 // batches, and returns how many it read.
 func (f *feed) readDirect(ctx context.Context) (int, error) {
-	nc := f.s.js.Conn()
-	if nc.Status() != nats.CONNECTED {
-		return 0, fmt.Errorf("not connected to NATS (%s)", nc.Status())
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	inbox := nc.NewRespInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	filter := f.topic
-	if filter == events.SubjectRoot+".>" {
-		filter = "" // the whole stream: the server's unfiltered path skips a subject match
-	}
 	read := 0
-	for range bridgeRounds {
-		req, _ := json.Marshal(directGet{Seq: f.lastSeen.Load() + 1, NextFor: filter, Batch: f.s.maxBatch})
-		if err := nc.PublishRequest("$JS.API.DIRECT.GET."+f.s.stream, inbox, req); err != nil {
-			return read, err
-		}
-	batch:
-		for {
-			m, err := sub.NextMsgWithContext(ctx)
-			if err != nil {
-				return read, err
-			}
-			switch m.Header.Get("Status") {
-			case "":
-			case "404": // nothing after lastSeen
-				return read, nil
-			case "204": // end of this batch
-				if pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64); pending == 0 {
-					return read, nil
-				}
-				break batch
-			default:
-				return read, fmt.Errorf("direct get: %s %s", m.Header.Get("Status"), m.Header.Get("Description"))
-			}
-			seq, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
-			if err != nil {
-				return read, fmt.Errorf("direct get without a sequence: %w", err)
-			}
+	err := eventstore.DirectRead(ctx, f.s.js.Conn(), f.s.stream, f.topic, f.lastSeen.Load()+1, f.s.maxBatch, bridgeRounds*f.s.maxBatch,
+		func(m *nats.Msg, seq uint64) error {
 			if !f.push(rawEvent{subject: m.Header.Get(jetstream.SubjectHeader), seq: seq, header: m.Header, data: m.Data}, true) {
-				return read, nil
+				return errFeedClosed
 			}
 			read++
-		}
+			return nil
+		})
+	if errors.Is(err, errFeedClosed) {
+		err = nil
 	}
-	return read, nil
+	return read, err
 }
 
 // messages decodes raw messages into batches; an undecodable one travels alone as a poison

@@ -332,62 +332,77 @@ func (s *Store) Load(ctx context.Context, agg events.Aggregate, after uint64) ([
 // Read returns the events matching a subject filter from stream sequence `from` on, at most
 // `limit` of them (0: all).
 func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int) ([]events.Envelope, error) {
-	if s.nc.Status() != nats.CONNECTED {
-		return nil, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
-	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
-	inbox := s.nc.NewRespInbox()
-	sub, err := s.nc.SubscribeSync(inbox)
+	var out []events.Envelope
+	err := DirectRead(ctx, s.nc, s.cfg.Stream, filter, from, loadBatch, limit, func(m *nats.Msg, seq uint64) error {
+		env, err := events.Decode(m.Header.Get(jetstream.SubjectHeader), m.Header, m.Data, seq)
+		if err != nil {
+			return err
+		}
+		out = append(out, env)
+		return nil
+	})
+	return out, err
+}
+
+// DirectRead hands each message matching filter from stream sequence `from` on to each, in
+// order, at most limit of them (0: all), with batched direct gets of `batch` messages: no
+// consumer is created and any current replica may answer. It stops at the first error each
+// returns. Loads, rebuilds and the projection feed's bridge all read this way.
+func DirectRead(ctx context.Context, nc *nats.Conn, stream, filter string, from uint64, batch, limit int, each func(m *nats.Msg, seq uint64) error) error {
+	if nc.Status() != nats.CONNECTED {
+		return fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, nc.Status())
+	}
+	inbox := nc.NewRespInbox()
+	sub, err := nc.SubscribeSync(inbox)
 	if err != nil {
-		return nil, classify(err)
+		return classify(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
 	if filter == events.SubjectRoot+".>" {
 		filter = "" // the whole stream: the server's unfiltered path skips a costly subject match
 	}
-	var out []events.Envelope
-	seq := from
+	read, seq := 0, from
 	for {
-		batch := loadBatch
-		if limit > 0 && limit-len(out) < batch {
-			batch = limit - len(out)
+		n := batch
+		if limit > 0 && limit-read < n {
+			n = limit - read
 		}
-		req, _ := json.Marshal(directGetRequest{Seq: seq, NextFor: filter, Batch: batch})
-		if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+s.cfg.Stream, inbox, req); err != nil {
-			return nil, classify(err)
+		req, _ := json.Marshal(directGetRequest{Seq: seq, NextFor: filter, Batch: n})
+		if err := nc.PublishRequest("$JS.API.DIRECT.GET."+stream, inbox, req); err != nil {
+			return classify(err)
 		}
 		more := false
 	recv:
 		for {
 			m, err := sub.NextMsgWithContext(ctx)
 			if err != nil {
-				return nil, classify(err)
+				return classify(err)
 			}
 			switch m.Header.Get("Status") {
 			case "":
-			case "404":
-				return out, nil
+			case "404": // nothing (more) matches
+				return nil
 			case "204": // end of batch
 				pending, _ := strconv.ParseUint(m.Header.Get("Nats-Num-Pending"), 10, 64)
-				more = pending > 0 && (limit == 0 || len(out) < limit)
+				more = pending > 0 && (limit == 0 || read < limit)
 				break recv
 			default:
-				return nil, fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
+				return fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
 			}
 			n, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 			if err != nil {
-				return nil, fmt.Errorf("eventstore: direct get without sequence: %w", err)
+				return fmt.Errorf("eventstore: direct get without sequence: %w", err)
 			}
-			env, err := events.Decode(m.Header.Get(jetstream.SubjectHeader), m.Header, m.Data, n)
-			if err != nil {
-				return nil, err
+			if err := each(m, n); err != nil {
+				return err
 			}
-			out = append(out, env)
+			read++
 			seq = n + 1
 		}
 		if !more {
-			return out, nil
+			return nil
 		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections"
 )
 
 // loadResult is the load generator's JSON answer.
@@ -709,21 +710,12 @@ func (b *bench) bulkInsertBaseline(ctx context.Context, n int) (int, time.Durati
 		return 0, 0, err
 	}
 	defer func() { _, _ = b.db.ExecContext(context.Background(), "DROP TABLE IF EXISTS bench_bulk") }()
-	type bulkRow struct {
-		ID              uuid.UUID `bun:"id,pk,type:uuid"`
-		Email           string    `bun:"email,notnull"`
-		Name            string    `bun:"name,notnull"`
-		PersonalOrgSlug string    `bun:"personal_org_slug,notnull"`
-		CreatedAt       time.Time `bun:"created_at,notnull"`
-		UpdatedAt       time.Time `bun:"updated_at,notnull"`
-		Version         uint64    `bun:"version,notnull"`
-	}
 	now := time.Now().UTC()
 	start := time.Now()
 	for from := 0; from < n; from += 1000 {
-		rows := make([]bulkRow, 0, 1000)
+		rows := make([]projections.UserRow, 0, 1000) // the users table's row model, into the scratch table
 		for i := from; i < min(from+1000, n); i++ {
-			rows = append(rows, bulkRow{ID: uuid.New(), Email: "bulk" + strconv.Itoa(i) + "@example.com", Name: "Bulk User",
+			rows = append(rows, projections.UserRow{ID: uuid.New(), Email: "bulk" + strconv.Itoa(i) + "@example.com", Name: "Bulk User",
 				PersonalOrgSlug: "bulk-user-" + strconv.Itoa(i), CreatedAt: now, UpdatedAt: now, Version: uint64(i)})
 		}
 		if _, err := b.db.NewInsert().Model(&rows).ModelTableExpr("bench_bulk").Exec(ctx); err != nil {
