@@ -414,10 +414,38 @@ func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, erro
 }
 
 // Head is the stream's last sequence as its leader knows it: every append acknowledged so far
-// is at or below it. Cheaper than stream info (one message lookup), and unlike a direct get
-// never answered by a replica that lags.
+// is at or below it. It asks the stream leader for stream info (never a replica that lags, as a
+// direct get could be); the server answers that from counters it keeps, in constant time. (A
+// last-message lookup on the stream's whole subject space, identity.>, costs time in proportion
+// to the number of subjects: 17 ms with 300,000 subjects, measured.)
 func (s *Store) Head(ctx context.Context) (uint64, error) {
-	return s.lastFor(ctx, events.SubjectRoot+".>")
+	if s.nc.Status() != nats.CONNECTED {
+		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.INFO."+s.cfg.Stream, nil)
+	if err != nil {
+		return 0, classify(err)
+	}
+	var resp struct {
+		State *struct {
+			LastSeq uint64 `json:"last_seq"`
+		} `json:"state"`
+		Error *struct {
+			Desc string `json:"description"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(m.Data, &resp); err != nil {
+		return 0, fmt.Errorf("eventstore: stream info reply: %w", err)
+	}
+	switch {
+	case resp.Error != nil:
+		return 0, fmt.Errorf("%w: stream info: %s", domain.ErrUnavailable, resp.Error.Desc)
+	case resp.State == nil:
+		return 0, errors.New("eventstore: stream info reply without a state")
+	}
+	return resp.State.LastSeq, nil
 }
 
 // lastFor is the sequence of the last message matching filter, asked of the stream leader
