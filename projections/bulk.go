@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/uptrace/bun"
 )
@@ -76,7 +77,10 @@ func values[K comparable, V any](m map[K]*V) []V {
 // Reading stops early, as a sequential loop would, when a read returns nothing (Rebuild then
 // refuses to switch over unless the rest turns up). Any error (a failed read, an undecodable
 // event, a failed write) stops every stage, and the first one is returned.
-func bulkLoad(ctx context.Context, db *bun.DB, t Tables, read StreamReader, end uint64, batch int, progress func(pos, end uint64)) (uint64, uint64, error) {
+func bulkLoad(ctx context.Context, db *bun.DB, t Tables, source func(context.Context) eventSource, end uint64, progress func(pos, end uint64),
+	phases map[string]time.Duration,
+) (uint64, uint64, error) {
+	mark := time.Now()
 	sink, err := newAuditSink(db, t)
 	if err != nil {
 		return 0, 0, err
@@ -86,13 +90,15 @@ func bulkLoad(ctx context.Context, db *bun.DB, t Tables, read StreamReader, end 
 	ballast := make([]byte, gcBallastBytes) // see gcBallastBytes
 	defer runtime.KeepAlive(ballast)
 	w := startAuditWriter(ctx, cancel, sink)
-	m, pos, n, err := foldStream(ctx, w, sink, read, end, batch, progress)
+	m, pos, n, err := foldStream(ctx, w, sink, source, end, progress)
 	if err != nil {
 		cancel(err) // a no-op if the writer failed first: its error stays the cause
 	}
 	if werr := w.close(); err != nil || werr != nil {
 		return 0, 0, context.Cause(ctx)
 	}
+	phases["fold"] = time.Since(mark)
+	mark = time.Now()
 	// The audit log is complete: on PostgreSQL, index it while the folded rows are written
 	// (Rebuild creates the other indexes later, and skips these). Separate backends, so the
 	// sorting of the biggest table overlaps the COPY of the others. SQLite has one writer, so
@@ -110,6 +116,7 @@ func bulkLoad(ctx context.Context, db *bun.DB, t Tables, read StreamReader, end 
 	if err != nil {
 		return 0, 0, err
 	}
+	phases["write"] = time.Since(mark)
 	return pos, n, nil
 }
 
@@ -127,12 +134,12 @@ func tableIndexes(t Tables, table string) []indexDef {
 // foldStream is the middle stage of bulkLoad: it folds the events in stream order, renders an
 // audit row for each and queues the rows to the writer in chunks, the last one too. It returns
 // the fold and the position and count of the events read.
-func foldStream(ctx context.Context, w *auditWriter, sink auditSink, read StreamReader, end uint64, batch int,
+func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func(context.Context) eventSource, end uint64,
 	progress func(pos, end uint64),
 ) (*fold, uint64, uint64, error) {
 	m := newFold()
 	var pos, n uint64
-	ra := newReadAhead(ctx, read, 1, end, batch)
+	ra := source(ctx)
 	defer ra.stop()
 	chunk := w.chunk()
 	for pos < end {

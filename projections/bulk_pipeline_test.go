@@ -80,6 +80,28 @@ func (s *fakeStream) Read(ctx context.Context, from uint64, limit int) ([]events
 	return out, nil
 }
 
+// Replay serves the history as a StreamReplayer does, on top of Read: batches in order, up to
+// end, ending quietly where the reader sees nothing more.
+func (s *fakeStream) Replay(ctx context.Context, from, end uint64, batch int, each func([]events.Envelope) error) error {
+	for from <= end {
+		evs, err := s.Read(ctx, from, batch)
+		if err != nil {
+			return err
+		}
+		for len(evs) > 0 && evs[len(evs)-1].Sequence > end {
+			evs = evs[:len(evs)-1]
+		}
+		if len(evs) == 0 {
+			return nil
+		}
+		if err := each(evs); err != nil {
+			return err
+		}
+		from = evs[len(evs)-1].Sequence + 1
+	}
+	return nil
+}
+
 func (s *fakeStream) Last(context.Context) (uint64, error) {
 	return s.evs[len(s.evs)-1].Sequence, nil
 }
@@ -152,18 +174,24 @@ func TestBulkPipelineEqualsLive(t *testing.T) {
 			for name, evs := range map[string][]events.Envelope{"whole": full, "holes": holed} {
 				want := liveDump(t, b, evs)
 				for _, batch := range []int{1, 4, 9, 64, 1000} {
-					db, _ := newSchemaDB(t, b)
-					s := &fakeStream{evs: evs}
-					res, err := Rebuild(context.Background(), RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: batch})
-					if err != nil {
-						t.Fatalf("%s, batch %d: %v", name, batch, err)
-					}
-					last := evs[len(evs)-1].Sequence
-					if res.Position != last || res.Events != uint64(len(evs)) {
-						t.Fatalf("%s, batch %d: %+v, want position %d, %d events", name, batch, res, last, len(evs))
-					}
-					if got := dumpGeneration(t, db, CurrentTables); got != want {
-						t.Fatalf("%s, batch %d: rebuilt tables differ from the projected ones:\nprojected:\n%s\nrebuilt:\n%s", name, batch, want, got)
+					for _, replay := range []bool{false, true} { // range reads, then one replay
+						db, _ := newSchemaDB(t, b)
+						s := &fakeStream{evs: evs}
+						cfg := RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: batch}
+						if replay {
+							cfg.Replay = s.Replay
+						}
+						res, err := Rebuild(context.Background(), cfg)
+						if err != nil {
+							t.Fatalf("%s, batch %d, replay %v: %v", name, batch, replay, err)
+						}
+						last := evs[len(evs)-1].Sequence
+						if res.Position != last || res.Events != uint64(len(evs)) {
+							t.Fatalf("%s, batch %d, replay %v: %+v, want position %d, %d events", name, batch, replay, res, last, len(evs))
+						}
+						if got := dumpGeneration(t, db, CurrentTables); got != want {
+							t.Fatalf("%s, batch %d, replay %v: rebuilt tables differ from the projected ones:\nprojected:\n%s\nrebuilt:\n%s", name, batch, replay, want, got)
+						}
 					}
 				}
 			}
@@ -189,8 +217,8 @@ func TestRebuildEmptyStream(t *testing.T) {
 	}
 }
 
-// TestBulkShortReadAborts: when the reader cannot see the events up to the stream's last
-// sequence (far short of it, or just short), the rebuild fails without switching, promptly,
+// TestBulkShortReadAborts: when the reader (range reads, then a replay) cannot see the events up
+// to the stream's last sequence (far short of it, or just short), the rebuild fails without switching, promptly,
 // and the live tables stay as they were.
 func TestBulkShortReadAborts(t *testing.T) {
 	smallChunks(t)
@@ -204,10 +232,14 @@ func TestBulkShortReadAborts(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := dumpGeneration(t, db, CurrentTables)
-			for _, visible := range []uint64{last / 3, last - 3} {
+			for i, visible := range []uint64{last / 3, last - 3, last / 3, last - 3} {
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				s := &fakeStream{evs: evs, visible: visible}
-				_, err := Rebuild(ctx, RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: 8})
+				cfg := RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: 8}
+				if i >= 2 {
+					cfg.Replay = s.Replay
+				}
+				_, err := Rebuild(ctx, cfg)
 				cancel()
 				want := fmt.Sprintf("the stream ends at %d but reading stopped at %d; nothing switched", last, visible)
 				if err == nil || !strings.Contains(err.Error(), want) {
@@ -221,8 +253,8 @@ func TestBulkShortReadAborts(t *testing.T) {
 	}
 }
 
-// TestBulkStopsAtUndecodableEvent: an event the reader cannot decode stops the rebuild with
-// that error, wherever it falls relative to the read-ahead, and the live tables stay as they
+// TestBulkStopsAtUndecodableEvent: an event the reader (range reads, then a replay) cannot
+// decode stops the rebuild with that error, wherever it falls relative to the read-ahead, and the live tables stay as they
 // were.
 func TestBulkStopsAtUndecodableEvent(t *testing.T) {
 	smallChunks(t)
@@ -235,9 +267,13 @@ func TestBulkStopsAtUndecodableEvent(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := dumpGeneration(t, db, CurrentTables)
-			for _, bad := range []uint64{1, 8, 9, 150, evs[len(evs)-1].Sequence} {
+			for i, bad := range []uint64{1, 8, 9, 150, evs[len(evs)-1].Sequence, 1, 9, 150, evs[len(evs)-1].Sequence} {
 				s := &fakeStream{evs: evs, failAt: bad}
-				_, err := Rebuild(context.Background(), RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: 8})
+				cfg := RebuildConfig{DB: db, Read: s.Read, Last: s.Last, Batch: 8}
+				if i >= 5 {
+					cfg.Replay = s.Replay
+				}
+				_, err := Rebuild(context.Background(), cfg)
 				if !errors.Is(err, events.ErrUndecodable) || !strings.Contains(err.Error(), fmt.Sprintf("seq %d", bad)) {
 					t.Fatalf("undecodable seq %d: %v", bad, err)
 				}
@@ -265,7 +301,7 @@ func TestBulkWriteFailureIsTheError(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := &fakeStream{evs: evs}
-			_, _, err := bulkLoad(context.Background(), db, next, s.Read, evs[len(evs)-1].Sequence, 4, nil)
+			_, _, err := bulkLoad(context.Background(), db, next, RebuildConfig{Read: s.Read, Batch: 4}.source(evs[len(evs)-1].Sequence), evs[len(evs)-1].Sequence, nil, map[string]time.Duration{})
 			if err == nil || !strings.Contains(err.Error(), next.Audit()) || errors.Is(err, context.Canceled) {
 				t.Fatalf("bulk load into a missing audit table: %v", err)
 			}
@@ -294,7 +330,7 @@ func TestBulkFinishIsAtomic(t *testing.T) {
 				t.Fatal(err)
 			}
 			s := &fakeStream{evs: evs}
-			if _, _, err := bulkLoad(ctx, db, next, s.Read, evs[len(evs)-1].Sequence, 4, nil); err == nil {
+			if _, _, err := bulkLoad(ctx, db, next, RebuildConfig{Read: s.Read, Batch: 4}.source(evs[len(evs)-1].Sequence), evs[len(evs)-1].Sequence, nil, map[string]time.Duration{}); err == nil {
 				t.Fatal("bulk load without a checkpoint table succeeded")
 			}
 			if u, tk, ss := readUsers(t, db, next), readTokens(t, db, next), readSessions(t, db, next); len(u)+len(tk)+len(ss) > 0 {

@@ -145,3 +145,60 @@ func (ra *readAhead) stop() {
 	ra.cancel()
 	ra.wg.Wait()
 }
+
+// eventSource hands the bulk load the stream's events in order: a batch at a time, none at the
+// end of the stream (or of what the source can see), or the read's error.
+type eventSource interface {
+	next(ctx context.Context) (evs []events.Envelope, from uint64, err error)
+	stop()
+}
+
+// replaySource is an eventSource over a StreamReplayer: the replay runs in a goroutine, at most
+// replayAhead batches ahead of the fold.
+type replaySource struct {
+	cancel context.CancelFunc
+	ch     chan []events.Envelope
+	err    error // the replay's result; read after ch is closed
+	last   uint64
+}
+
+// replayAhead is how many decoded batches a replay may hold ready for the fold.
+const replayAhead = 4
+
+// newReplaySource starts replaying the stream from `from` to `end`; stop must be called when done.
+func newReplaySource(ctx context.Context, replay StreamReplayer, from, end uint64, batch int) *replaySource {
+	ctx, cancel := context.WithCancel(ctx)
+	rs := &replaySource{cancel: cancel, ch: make(chan []events.Envelope, replayAhead), last: from - 1}
+	go func() {
+		defer close(rs.ch)
+		rs.err = replay(ctx, from, end, batch, func(evs []events.Envelope) error {
+			select {
+			case rs.ch <- evs:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		})
+	}()
+	return rs
+}
+
+func (rs *replaySource) next(ctx context.Context) ([]events.Envelope, uint64, error) {
+	select {
+	case evs, ok := <-rs.ch:
+		if !ok {
+			return nil, rs.last + 1, rs.err // the replay ended: at the end, short of it, or failed
+		}
+		from := rs.last + 1
+		rs.last = evs[len(evs)-1].Sequence
+		return evs, from, nil
+	case <-ctx.Done():
+		return nil, rs.last + 1, context.Cause(ctx)
+	}
+}
+
+func (rs *replaySource) stop() {
+	rs.cancel()
+	for range rs.ch { //nolint:revive // drain, so the replay's goroutine ends
+	}
+}

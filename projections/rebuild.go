@@ -15,6 +15,11 @@ import (
 // StreamReader reads up to limit events from stream sequence `from` on (all subjects).
 type StreamReader func(ctx context.Context, from uint64, limit int) ([]events.Envelope, error)
 
+// StreamReplayer hands the events from stream sequence `from` to `end` (inclusive) to each, in
+// order, in batches of up to `batch`; it returns nil when it has handed out `end` or when the
+// stream holds nothing more (eventstore.Store.Replay).
+type StreamReplayer func(ctx context.Context, from, end uint64, batch int, each func([]events.Envelope) error) error
+
 // RebuildConfig configures Rebuild.
 type RebuildConfig struct {
 	DB *bun.DB
@@ -22,6 +27,10 @@ type RebuildConfig struct {
 	// concurrent use: the bulk load keeps several reads of consecutive ranges in flight.
 	Read StreamReader
 	Last func(ctx context.Context) (uint64, error)
+	// Replay, if set, is how the bulk load reads the stream, in place of Read (which still
+	// serves the catch-up and the switch-over): one streaming read of everything is cheaper
+	// than many range reads.
+	Replay StreamReplayer
 	// Live is the generation being replaced (default CurrentTables).
 	Live Tables
 	// Batch is the number of events per read of the stream (the bulk load keeps a few reads in
@@ -36,6 +45,10 @@ type RebuildResult struct {
 	Events   uint64        // events replayed
 	Position uint64        // stream sequence the new tables are current to
 	Duration time.Duration // whole rebuild, switch-over included
+	// Phases is where the time went: "fold" (read the stream, fold it, write the audit log),
+	// "write" (the folded rows and the audit log's indexes), "catch_up" (events that arrived
+	// meanwhile), "indexes" (the other tables' indexes) and "switch" (the switch-over).
+	Phases map[string]time.Duration
 }
 
 // Rebuild replays the whole stream into fresh tables beside the live ones while the service
@@ -73,10 +86,12 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 	if err != nil {
 		return RebuildResult{}, err
 	}
-	pos, replayed, err := bulkLoad(ctx, cfg.DB, next, cfg.Read, end, cfg.Batch, cfg.Progress)
+	phases := map[string]time.Duration{}
+	pos, replayed, err := bulkLoad(ctx, cfg.DB, next, cfg.source(end), end, cfg.Progress, phases)
 	if err != nil {
 		return RebuildResult{}, err
 	}
+	mark := time.Now()
 	// What arrived meanwhile: event by event, outside the lock, until the remainder is small.
 	// A read that comes back empty short of the end ends this too (looping on it would spin
 	// for as long as the reader cannot see the rest): the switch-over reads once more and
@@ -107,6 +122,8 @@ catchUp:
 			}
 		}
 	}
+	phases["catch_up"] = time.Since(mark)
+	mark = time.Now()
 	// PostgreSQL renames the indexes with their tables at the switch-over. SQLite cannot rename
 	// an index: swapTables builds them there under their live names, so building them here as
 	// well would only do the work twice.
@@ -115,6 +132,8 @@ catchUp:
 			return RebuildResult{}, err
 		}
 	}
+	phases["indexes"] = time.Since(mark)
+	mark = time.Now()
 	// Switch over: the rest, under the live checkpoint's lock, then swap the tables.
 	err = cfg.DB.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", cfg.Live.Checkpoint())
@@ -162,7 +181,18 @@ catchUp:
 	if err != nil {
 		return RebuildResult{}, fmt.Errorf("switch over: %w", err)
 	}
-	return RebuildResult{Events: replayed, Position: pos, Duration: time.Since(start)}, nil
+	phases["switch"] = time.Since(mark)
+	return RebuildResult{Events: replayed, Position: pos, Duration: time.Since(start), Phases: phases}, nil
+}
+
+// source is where the bulk load reads the stream from sequence 1 to end.
+func (cfg RebuildConfig) source(end uint64) func(ctx context.Context) eventSource {
+	return func(ctx context.Context) eventSource {
+		if cfg.Replay != nil {
+			return newReplaySource(ctx, cfg.Replay, 1, end, cfg.Batch)
+		}
+		return newReadAhead(ctx, cfg.Read, 1, end, cfg.Batch)
+	}
 }
 
 // indexWorkers is how many indexes buildIndexes builds at once on PostgreSQL. A build is mostly

@@ -55,6 +55,7 @@ func (c *cli) projectionsRebuild(ctx context.Context, args []string) error {
 	res, err := projections.Rebuild(ctx, projections.RebuildConfig{
 		DB:       db,
 		Read:     st.ReadAll,
+		Replay:   st.Replay,
 		Last:     st.LastSequence,
 		Progress: prog.update,
 	})
@@ -63,8 +64,12 @@ func (c *cli) projectionsRebuild(ctx context.Context, args []string) error {
 		return err
 	}
 	rate := float64(res.Events) / max(res.Duration.Seconds(), 1e-9)
+	phases := make(map[string]int64, len(res.Phases))
+	for name, d := range res.Phases {
+		phases[name] = d.Milliseconds()
+	}
 	return c.out.Encode(map[string]any{
 		"projection": projections.CurrentTables.Checkpoint(), "events": res.Events, "position": res.Position,
-		"duration_ms": res.Duration.Milliseconds(), "events_per_second": int(rate),
+		"duration_ms": res.Duration.Milliseconds(), "events_per_second": int(rate), "phases_ms": phases,
 	})
 }

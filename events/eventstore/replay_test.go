@@ -1,0 +1,92 @@
+package eventstore_test
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
+)
+
+// TestReplay: a replay hands out exactly the events of its range, in order, in batches of the
+// size asked, the same events a direct read returns; it ends quietly short of an end the stream
+// has not reached, stops at the caller's error, and names the sequence it cannot decode.
+func TestReplay(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	var last uint64
+	for i := range 25 {
+		id := uuid.New()
+		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []domain.Expectation{{Aggregate: events.UserAggregate(id)}},
+			[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "U" + string(rune('a'+i))})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = seq
+	}
+	want, err := st.ReadAll(ctx, 1, 0)
+	if err != nil || uint64(len(want)) != last {
+		t.Fatalf("read %d events (%v), want %d", len(want), err, last)
+	}
+	replay := func(from, end uint64, batch int) ([]events.Envelope, []int, error) {
+		var got []events.Envelope
+		var sizes []int
+		err := st.Replay(ctx, from, end, batch, func(evs []events.Envelope) error {
+			got = append(got, evs...)
+			sizes = append(sizes, len(evs))
+			return nil
+		})
+		return got, sizes, err
+	}
+
+	got, sizes, err := replay(1, last, 4)
+	if err != nil || len(got) != len(want) {
+		t.Fatalf("whole stream: %d events (%v), want %d", len(got), err, len(want))
+	}
+	for i := range got {
+		if got[i].Sequence != want[i].Sequence || got[i].ID != want[i].ID || got[i].Type != want[i].Type {
+			t.Fatalf("event %d: replayed seq %d id %s, read seq %d id %s", i, got[i].Sequence, got[i].ID, want[i].Sequence, want[i].ID)
+		}
+	}
+	for i, n := range sizes {
+		if n > 4 || (i < len(sizes)-1 && n != 4) {
+			t.Fatalf("batch sizes %v, want 4s and a last one of at most 4", sizes)
+		}
+	}
+
+	if got, _, err = replay(10, 20, 3); err != nil || len(got) != 11 || got[0].Sequence != 10 || got[10].Sequence != 20 {
+		t.Fatalf("range 10..20: %d events (%v)", len(got), err)
+	}
+	if got, _, err = replay(last-2, last+100, 10); err != nil || len(got) != 3 {
+		t.Fatalf("end beyond the stream: %d events (%v), want the last 3 and no error", len(got), err)
+	}
+	if got, _, err = replay(last+1, last+5, 10); err != nil || len(got) != 0 {
+		t.Fatalf("from beyond the stream: %d events (%v), want none", len(got), err)
+	}
+
+	stop := errors.New("stop here")
+	calls := 0
+	err = st.Replay(ctx, 1, last, 2, func([]events.Envelope) error { calls++; return stop })
+	if !errors.Is(err, stop) || calls != 1 {
+		t.Fatalf("caller's error: %v after %d calls, want it after 1", err, calls)
+	}
+
+	js, err := jetstream.New(st.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.Publish(ctx, events.SubjectRoot+".user."+uuid.NewString()+".renamed", []byte("not an event"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = replay(1, ack.Sequence, 100)
+	if err == nil || !strings.Contains(err.Error(), strconv.FormatUint(ack.Sequence, 10)) {
+		t.Fatalf("undecodable event at %d: %v, want an error naming it", ack.Sequence, err)
+	}
+}
