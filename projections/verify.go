@@ -26,6 +26,9 @@ type VerifyConfig struct {
 	DB   *bun.DB
 	Read StreamReader
 	Last func(ctx context.Context) (uint64, error)
+	// Replay, if set, reads the stream in place of Read: one streaming read is cheaper than
+	// many range reads.
+	Replay StreamReplayer
 	// Progress, if set, is told the position folded and the position to reach.
 	Progress func(pos, end uint64)
 }
@@ -63,14 +66,7 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 	histories := map[uuid.UUID][]events.Envelope{}
 	chains := map[string]string{}
 	hashed := map[string]bool{} // aggregates whose chain has begun
-	for from := uint64(1); from <= min(snap.Position, last); {
-		batch, err := cfg.Read(ctx, from, 1000)
-		if err != nil {
-			return rep, err
-		}
-		if len(batch) == 0 {
-			break
-		}
+	visit := func(batch []events.Envelope) {
 		for _, e := range batch {
 			if e.Sequence > snap.Position {
 				break
@@ -96,9 +92,26 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 				histories[u] = append(histories[u], e)
 			}
 		}
-		from = batch[len(batch)-1].Sequence + 1
 		if cfg.Progress != nil {
-			cfg.Progress(from-1, snap.Position)
+			cfg.Progress(batch[len(batch)-1].Sequence, snap.Position)
+		}
+	}
+	end := min(snap.Position, last)
+	if cfg.Replay != nil {
+		if err := cfg.Replay(ctx, 1, end, 1000, func(batch []events.Envelope) error { visit(batch); return nil }); err != nil {
+			return rep, err
+		}
+	} else {
+		for from := uint64(1); from <= end; {
+			batch, err := cfg.Read(ctx, from, 1000)
+			if err != nil {
+				return rep, err
+			}
+			if len(batch) == 0 {
+				break
+			}
+			visit(batch)
+			from = batch[len(batch)-1].Sequence + 1
 		}
 	}
 	if uint64(snap.AuditCount) != rep.Events || (rep.Events > 0 && snap.AuditMax != snap.Position) { //nolint:gosec // a row count, never negative

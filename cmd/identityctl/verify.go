@@ -21,6 +21,7 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 	rep, err := projections.Verify(ctx, projections.VerifyConfig{
 		DB:       db,
 		Read:     st.ReadAll,
+		Replay:   st.Replay,
 		Last:     st.LastSequence,
 		Progress: prog.update,
 	})
