@@ -25,8 +25,12 @@ import (
 //     for the last sequence L, this instance's read model reached L and the cache saw every
 //     batch up to L (and so made its invalidations) before t0+Lease, and the database answered a health check less than dbFresh ago. The
 //     lease ends at t0+Lease. (The health check keeps the documented behavior of an outage:
-//     reads fail with 503 within a fraction of a second rather than going on from memory.) Renewal happens on demand, one at a time,
-//     so an idle service asks nothing and a busy one about twice per Lease, ahead of expiry.
+//     reads fail with 503 within a fraction of a second rather than going on from memory.)
+//     Renewal happens on demand, one at a time, so an idle service asks nothing; a busy one
+//     renews once a quarter of the lease has passed, so a renewal has three quarters of it to
+//     finish before the lease lapses (on two saturated cores a renewal — a leader round trip
+//     and a few goroutine wake-ups — took more than half of a 10 ms lease a few percent of the
+//     time, and every request in the gap went to the database).
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
 //     was taken after the append, when L already covered it, so no instance can answer from an
@@ -84,7 +88,7 @@ type CacheConfig struct {
 	// Give it a connection of its own, so a busy pool does not make a live database look dead.
 	Ping func(ctx context.Context) error
 	// Lease is how long a confirmation that the cache is current lasts, and so how long a
-	// write that changes cached data waits after its append (default 10ms).
+	// write that changes cached data waits after its append (default 20ms).
 	Lease time.Duration
 	// MaxEntries bounds the cache (default 100,000 credentials).
 	MaxEntries int
@@ -102,7 +106,7 @@ type CacheProjection interface {
 
 func (c *CacheConfig) fill() {
 	if c.Lease <= 0 {
-		c.Lease = 10 * time.Millisecond
+		c.Lease = 20 * time.Millisecond
 	}
 	if c.MaxEntries <= 0 {
 		c.MaxEntries = 100_000
@@ -297,7 +301,7 @@ func (c *CredentialCache) observe(batch []events.Envelope) {
 func (c *CredentialCache) current(ctx context.Context) bool {
 	now, end := time.Since(c.base).Nanoseconds(), c.leaseEnd.Load()
 	if now < end {
-		if end-now < c.cfg.Lease.Nanoseconds()/2 {
+		if end-now < c.cfg.Lease.Nanoseconds()*3/4 {
 			c.startRenewal() //nolint:contextcheck // renew ahead, so a busy instance's requests never wait for it; the renewal has its own deadline
 		}
 		return true

@@ -181,18 +181,42 @@ func (b *bench) scenarioGet(ctx context.Context) error {
 		return err
 	}
 	logf("  1 identityd, first use of each token (cache cold): %d requests in %.1fs (%.0f req/s, 32 clients)", len(toks), cold.Seconds(), float64(len(toks))/cold.Seconds())
+	before := b.cacheStats(ctx)
 	id, err := b.load(ctx, "1 identityd", b.idURL, "get-user", file, b.opt.getConns, b.identityd)
 	if err != nil {
 		return err
+	}
+	cache := map[string]any{}
+	if after := b.cacheStats(ctx); before != nil && after != nil {
+		for k, v := range after {
+			if n, ok := v.(float64); ok && k != "Entries" {
+				cache[k] = n - before[k].(float64)
+			}
+		}
+		logf("  1 identityd credential cache during the run: %v", cache)
 	}
 	note := fmt.Sprintf("%d conns, %s; %d distinct tokens (%d users via API, rest bulk-seeded) cycled, each used once before (cold pass: %.0f req/s)",
 		b.opt.getConns, b.opt.duration, len(toks), len(b.seeded), float64(len(toks))/cold.Seconds())
 	b.add(ratioRow(row{ID: "1", Figure: f64(id.RPS), Unit: "req/s", Baseline: "bare gin, same JSON", BaselineValue: f64(base.RPS),
 		Target: "≥ 0.5×", Note: note, Details: map[string]any{"identityd": loadDetails(id), "baseline": loadDetails(base), "tokens": len(toks),
-			"cold_pass_s": cold.Seconds(), "cold_pass_rps": float64(len(toks)) / cold.Seconds()}}, 0.5, false))
+			"cold_pass_s": cold.Seconds(), "cold_pass_rps": float64(len(toks)) / cold.Seconds(), "cache": cache}}, 0.5, false))
 	b.add(ratioRow(row{ID: "1p99", Figure: f64(id.P99ms), Unit: "ms p99", Baseline: "bare gin p99", BaselineValue: f64(base.P99ms),
 		Target: "≤ 2.0×", Details: map[string]any{"identityd_p50_ms": id.P50ms, "baseline_p50_ms": base.P50ms}}, 2.0, true))
 	return nil
+}
+
+// cacheStats reads identityd's credential cache counters from its debug listener (--debug-addr);
+// nil without one.
+func (b *bench) cacheStats(ctx context.Context) map[string]any {
+	if b.opt.debugAddr == "" {
+		return nil
+	}
+	var out map[string]any
+	if _, err := call(ctx, http.MethodGet, "http://"+b.opt.debugAddr+"/debug/identityd/cache", "", nil, &out); err != nil {
+		logf("  cache counters: %v", err)
+		return nil
+	}
+	return out
 }
 
 // warmTokens authenticates once with every token (32 clients) and returns how long it took.
@@ -300,9 +324,16 @@ func (b *bench) scenarioPatch(ctx context.Context) error {
 	b.add(ratioRow(row{ID: "2a", Figure: f64(id.RPS), Unit: "req/s", Baseline: "(a) 32 goroutines JS append", BaselineValue: f64(rawRate),
 		Target: "≥ 0.3×", Note: fmt.Sprintf("%d conns on %d distinct users, %s; identityd p50 %.1f ms p99 %.1f ms; raw append p99 %.1f ms", n, n, b.opt.duration, id.P50ms, id.P99ms, rawP99),
 		Details: map[string]any{"identityd": loadDetails(id), "baseline_a_msgs_per_s": rawRate, "baseline_a_p99_ms": rawP99}}, 0.3, false))
+	// The ceiling of any write path that appends to the stream first: durable appends alone,
+	// against the CRUD baseline. Below 1.0, target (b) is out of reach on these servers.
+	ceiling := rawRate / base.RPS
+	note := fmt.Sprintf("CRUD p50 %.1f ms p99 %.1f ms; ceiling: raw appends alone are %.2f× CRUD", base.P50ms, base.P99ms, ceiling)
+	if ceiling < 1 {
+		note += " (JetStream syncs each append, PostgreSQL commits concurrent transactions with one WAL flush)"
+	}
 	b.add(ratioRow(row{ID: "2b", Figure: f64(id.RPS), Unit: "req/s", Baseline: "(b) CRUD: one bun UPDATE", BaselineValue: f64(base.RPS),
-		Target: "≥ 1.0×", Note: fmt.Sprintf("CRUD p50 %.1f ms p99 %.1f ms", base.P50ms, base.P99ms),
-		Details: map[string]any{"identityd": loadDetails(id), "baseline": loadDetails(base)}}, 1.0, false))
+		Target: "≥ 1.0×", Note: note,
+		Details: map[string]any{"identityd": loadDetails(id), "baseline": loadDetails(base), "ceiling_raw_appends_over_crud": ceiling}}, 1.0, false))
 	return nil
 }
 
