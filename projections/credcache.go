@@ -88,7 +88,7 @@ type CacheConfig struct {
 	// Give it a connection of its own, so a busy pool does not make a live database look dead.
 	Ping func(ctx context.Context) error
 	// Lease is how long a confirmation that the cache is current lasts, and so how long a
-	// write that changes cached data waits after its append (default 20ms).
+	// write that changes cached data waits after its append (default 15ms).
 	Lease time.Duration
 	// MaxEntries bounds the cache (default 100,000 credentials).
 	MaxEntries int
@@ -106,7 +106,7 @@ type CacheProjection interface {
 
 func (c *CacheConfig) fill() {
 	if c.Lease <= 0 {
-		c.Lease = 20 * time.Millisecond
+		c.Lease = 15 * time.Millisecond
 	}
 	if c.MaxEntries <= 0 {
 		c.MaxEntries = 100_000

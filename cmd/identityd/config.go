@@ -54,7 +54,7 @@ var settings = []setting{
 	{"IDENTITYD_ARGON2_MEMORY_KIB", "argon2-memory-kib", "19456", "argon2id memory cost of new password hashes, KiB"},
 	{"IDENTITYD_ARGON2_TIME", "argon2-time", "2", "argon2id passes of new password hashes"},
 	{"IDENTITYD_CONSISTENCY_TIMEOUT", "consistency-timeout", "5s", "how long a write waits for the read model before answering (read-your-writes)"},
-	{"IDENTITYD_AUTH_CACHE_LEASE", "auth-cache-lease", "20ms", "credentials are answered from memory while this instance confirmed, within this long, that it has every event; writes that change a profile or revoke wait this long. Instances sharing a stream must use the same value; 0 turns the cache off"},
+	{"IDENTITYD_AUTH_CACHE_LEASE", "auth-cache-lease", "15ms", "credentials are answered from memory while this instance confirmed, within this long, that it has every event; writes that change a profile or revoke wait this long. Instances sharing a stream must use the same value; 0 turns the cache off"},
 	{"IDENTITYD_AUTH_CACHE_ENTRIES", "auth-cache-entries", "100000", "credentials kept in memory at most"},
 	{"IDENTITYD_ADMIN_EMAILS", "admin-emails", "", "comma-separated emails of the users allowed on the admin endpoints (audit log)"},
 	{"IDENTITYD_DEBUG_ADDR", "debug-addr", "", "address of the profiling endpoints (/debug/pprof/), e.g. 127.0.0.1:6060; unset: off. Never expose it publicly"},
@@ -119,7 +119,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		errs = append(errs, errors.New("IDENTITYD_CONSISTENCY_TIMEOUT must be a positive duration such as 5s"))
 	}
 	if c.CacheLease, err = time.ParseDuration(get("IDENTITYD_AUTH_CACHE_LEASE")); err != nil || c.CacheLease < 0 || c.CacheLease > time.Second {
-		errs = append(errs, errors.New("IDENTITYD_AUTH_CACHE_LEASE must be a duration from 0 (no cache) to 1s, such as 20ms"))
+		errs = append(errs, errors.New("IDENTITYD_AUTH_CACHE_LEASE must be a duration from 0 (no cache) to 1s, such as 15ms"))
 	}
 	if c.CacheEntries, err = strconv.Atoi(get("IDENTITYD_AUTH_CACHE_ENTRIES")); err != nil || c.CacheEntries < 1 {
 		errs = append(errs, errors.New("IDENTITYD_AUTH_CACHE_ENTRIES must be a positive integer"))

@@ -58,6 +58,9 @@ type bench struct {
 	seeded     []seededUser // created through the API
 	bulkSample []string     // plaintext API tokens of bulk-seeded rows (a sample)
 	runID      string
+	// rawAppendRate is baseline (a) once scenario 2 measured it: the ceiling of any write path
+	// that appends to the stream first.
+	rawAppendRate float64
 
 	rows []row
 	meta map[string]any
