@@ -66,8 +66,8 @@ func values[K comparable, V any](m map[K]*V) []V {
 // the generation's checkpoint is set to the last event read. It returns that position and the
 // number of events read.
 //
-// It is a pipeline of three stages that overlap: reading the stream (readAhead: several reads
-// in flight, decoded concurrently), folding the events in memory and rendering their audit rows
+// It is a pipeline of three stages that overlap: reading the stream (source: a replay, which
+// decodes batches concurrently, or a readAhead with several range reads in flight), folding the events in memory and rendering their audit rows
 // (this goroutine), and writing chunks of audit rows, each in a transaction of its own (one
 // writer goroutine: COPY on PostgreSQL, multi-row INSERTs on SQLite). Once the audit log is
 // complete, the folded users, tokens and sessions and the checkpoint are written in one

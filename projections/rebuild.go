@@ -23,8 +23,9 @@ type StreamReplayer func(ctx context.Context, from, end uint64, batch int, each 
 // RebuildConfig configures Rebuild.
 type RebuildConfig struct {
 	DB *bun.DB
-	// Read reads the stream; Last returns the stream's last sequence. Read must be safe for
-	// concurrent use: the bulk load keeps several reads of consecutive ranges in flight.
+	// Read reads the stream; Last returns the stream's last sequence. Without Replay, Read must
+	// be safe for concurrent use: the bulk load keeps several reads of consecutive ranges in
+	// flight.
 	Read StreamReader
 	Last func(ctx context.Context) (uint64, error)
 	// Replay, if set, is how the bulk load reads the stream, in place of Read (which still
@@ -33,8 +34,8 @@ type RebuildConfig struct {
 	Replay StreamReplayer
 	// Live is the generation being replaced (default CurrentTables).
 	Live Tables
-	// Batch is the number of events per read of the stream (the bulk load keeps a few reads in
-	// flight), and per transaction when catching up after it (default 1000).
+	// Batch is the number of events per read or replayed batch of the stream, and per
+	// transaction when catching up after the bulk load (default 1000).
 	Batch int
 	// Progress, if set, is told the position reached and the stream's end.
 	Progress func(pos, end uint64)

@@ -4,14 +4,21 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
 )
 
-// replayPull is how many messages the replay's ordered consumer asks the server for at a time.
-const replayPull = 4096
+// The replay's ordered consumer: how many messages it asks the server for at a time, how many
+// times in a row it recreates itself after losing its connection or its consumer, and how long
+// the server keeps it after its last activity.
+const (
+	replayPull     = 4096
+	replayResets   = 3
+	replayInactive = 30 * time.Second
+)
 
 // Replay hands the events from stream sequence `from` to `end` (inclusive) to each, in stream
 // order, in batches of up to `batch` events, and returns when it has handed out `end`, when the
@@ -40,6 +47,11 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 	defer cancel(nil)
 	c, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, jetstream.OrderedConsumerConfig{
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: from,
+		// A lost connection or consumer is recreated a few times, not forever (the default),
+		// so an outage fails the replay as it would fail a read, instead of hanging it.
+		MaxResetAttempts: replayResets,
+		// The server drops the consumer this long after a replay that could not delete it.
+		InactiveThreshold: replayInactive,
 	})
 	if err != nil {
 		return classify(err)
@@ -48,7 +60,16 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 	if err != nil {
 		return classify(err)
 	}
-	defer it.Stop()
+	defer func() {
+		it.Stop()
+		if info := c.CachedInfo(); info != nil { // best effort: the inactive threshold is the fallback
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.Timeout)
+			_ = s.js.DeleteConsumer(dctx, s.cfg.Stream, info.Name)
+			cancel()
+		}
+	}()
+	// Cancelling ctx stops the iterator, which ends a Next that waits for a consumer reset.
+	defer context.AfterFunc(ctx, it.Stop)()
 	if info := c.CachedInfo(); info != nil && info.NumPending == 0 {
 		return nil // nothing stored at or after from
 	}
@@ -75,7 +96,7 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 				for i, m := range j.msgs {
 					var env events.Envelope
 					if env, err = events.Decode(m.Subject(), m.Headers(), m.Data(), j.seqs[i]); err != nil {
-						err = fmt.Errorf("eventstore: decode the event at %d: %w", j.seqs[i], err)
+						err = fmt.Errorf("eventstore: replay: %w", err)
 						break
 					}
 					evs = append(evs, env)
@@ -134,7 +155,22 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 			}
 		}
 	}()
-	for out := range order {
+	for {
+		var out chan result
+		select {
+		case o, ok := <-order:
+			if !ok {
+				select {
+				case err := <-readErr:
+					return err
+				default:
+				}
+				return context.Cause(ctx)
+			}
+			out = o
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		}
 		var r result
 		select {
 		case r = <-out:
@@ -149,10 +185,4 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 			return r.err
 		}
 	}
-	select {
-	case err := <-readErr:
-		return err
-	default:
-	}
-	return context.Cause(ctx)
 }

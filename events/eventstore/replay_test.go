@@ -77,9 +77,23 @@ func TestReplay(t *testing.T) {
 		t.Fatalf("caller's error: %v after %d calls, want it after 1", err, calls)
 	}
 
+	cctx, cancel := context.WithCancel(ctx)
+	err = st.Replay(cctx, 1, last, 2, func([]events.Envelope) error { cancel(); return nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled replay: %v, want context.Canceled", err)
+	}
+
 	js, err := jetstream.New(st.Conn())
 	if err != nil {
 		t.Fatal(err)
+	}
+	stream, err := js.Stream(ctx, "IDENTITY")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil || info.State.Consumers != 0 {
+		t.Fatalf("%d consumers left behind by the replays (%v), want 0", info.State.Consumers, err)
 	}
 	ack, err := js.Publish(ctx, events.SubjectRoot+".user."+uuid.NewString()+".renamed", []byte("not an event"))
 	if err != nil {

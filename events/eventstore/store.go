@@ -349,7 +349,8 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 // DirectRead hands each message matching filter from stream sequence `from` on to each, in
 // order, at most limit of them (0: all), with batched direct gets of `batch` messages: no
 // consumer is created and any current replica may answer. It stops at the first error each
-// returns. Loads, rebuilds and the projection feed's bridge all read this way.
+// returns. Loads, the projection feed's bridge and a rebuild's catch-up read this way; reads
+// of the whole stream use Replay.
 func DirectRead(ctx context.Context, nc *nats.Conn, stream, filter string, from uint64, batch, limit int, each func(m *nats.Msg, seq uint64) error) error {
 	if nc.Status() != nats.CONNECTED {
 		return fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, nc.Status())

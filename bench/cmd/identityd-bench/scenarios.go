@@ -189,8 +189,10 @@ func (b *bench) scenarioGet(ctx context.Context) error {
 	cache := map[string]any{}
 	if after := b.cacheStats(ctx); before != nil && after != nil {
 		for k, v := range after {
-			if n, ok := v.(float64); ok && k != "Entries" {
-				cache[k] = n - before[k].(float64)
+			n, ok := v.(float64)
+			b0, ok0 := before[k].(float64)
+			if ok && ok0 && k != "Entries" {
+				cache[k] = n - b0
 			}
 		}
 		logf("  1 identityd credential cache during the run: %v", cache)
