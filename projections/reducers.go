@@ -2,12 +2,14 @@ package projections
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+	"github.com/uptrace/bun/schema"
 
 	"github.com/identityd/identityd/events"
 )
@@ -72,11 +74,24 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 	if len(fresh) == 0 {
 		return pos, nil
 	}
+	// Each chunk's writes go out in one round trip, the last chunk's together with the
+	// checkpoint: a batch applied as one chunk (the projector's) writes in one round trip.
+	w := &statements{pg: isPG(tx)}
 	for len(fresh) > 0 {
 		n := min(max(chunk, 1), len(fresh))
 		part := fresh[:n]
 		fresh = fresh[n:]
-		if err := applyChunk(ctx, tx, t, part); err != nil {
+		err := applyChunk(ctx, tx, w, t, part)
+		if err == nil && len(fresh) == 0 {
+			pos = part[len(part)-1].Sequence
+			err = w.add(ctx, tx.NewUpdate().Model((*checkpointRow)(nil)).
+				Set("position = ?", pos).Set("updated_at = ?", timeNow().UTC()).
+				Where("name = ?", t.Checkpoint()))
+		}
+		if err == nil {
+			err = w.flush(ctx, tx)
+		}
+		if err != nil {
 			var ee eventError
 			if errors.As(err, &ee) {
 				return 0, err
@@ -88,17 +103,54 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 		}
 		pos = part[len(part)-1].Sequence
 	}
-	_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).
-		Set("position = ?", pos).Set("updated_at = ?", timeNow().UTC()).
-		Where("name = ?", t.Checkpoint()).Exec(ctx)
-	if err != nil {
-		return 0, err
-	}
 	return pos, nil
 }
 
+// statements runs a transaction's writes. On PostgreSQL it collects them and sends them as one
+// multi-statement query when flushed: one round trip instead of one per statement. Under load
+// every round trip waits for both processes to be scheduled again, and the projector's
+// transaction — which each write's caller waits for — took about five times as long as on an
+// idle machine (measured: ~4 ms idle, ~20 ms during the write benchmarks, for ~37 events).
+// Elsewhere (SQLite) each statement runs as it is added.
+type statements struct {
+	pg   bool
+	sqls []byte
+}
+
+// writeQuery is a bun query that statements can run now or render for later.
+type writeQuery interface {
+	AppendQuery(gen schema.QueryGen, b []byte) ([]byte, error)
+	DB() *bun.DB
+	Exec(ctx context.Context, dest ...any) (sql.Result, error)
+}
+
+// add runs q (not PostgreSQL) or queues it for flush.
+func (w *statements) add(ctx context.Context, q writeQuery) error {
+	if !w.pg {
+		_, err := q.Exec(ctx)
+		return err
+	}
+	if len(w.sqls) > 0 {
+		w.sqls = append(w.sqls, ";\n"...)
+	}
+	var err error
+	w.sqls, err = q.AppendQuery(q.DB().QueryGen(), w.sqls)
+	return err
+}
+
+// flush sends the queued statements in one round trip; PostgreSQL runs them in order and stops
+// at the first that fails (the transaction is then aborted, as after any failed statement).
+func (w *statements) flush(ctx context.Context, tx bun.Tx) error {
+	if len(w.sqls) == 0 {
+		return nil
+	}
+	_, err := tx.ExecContext(ctx, string(w.sqls))
+	w.sqls = w.sqls[:0]
+	return err
+}
+
 // applyChunk folds events over the rows of the users they touch and writes the result.
-func applyChunk(ctx context.Context, tx bun.Tx, t Tables, evs []events.Envelope) error {
+func applyChunk(ctx context.Context, tx bun.Tx, w *statements, t Tables, evs []events.Envelope) error {
 	f := newFold()
 	var touched []uuid.UUID
 	seen := map[uuid.UUID]bool{}
@@ -128,33 +180,26 @@ func applyChunk(ctx context.Context, tx bun.Tx, t Tables, evs []events.Envelope)
 		}
 		audit = append(audit, row)
 	}
-	return f.write(ctx, tx, t, audit)
+	return f.write(ctx, tx, w, t, audit)
 }
 
 // write stores what the fold changed: removals first (so a re-used email is free again), then
-// users, tokens, sessions and the audit rows, each in one statement per bulkChunk rows.
-func (f *fold) write(ctx context.Context, tx bun.Tx, t Tables, audit []AuditRow) error {
+// users, tokens, sessions and the audit rows, each in one statement per bulkChunk rows, all
+// through w.
+func (f *fold) write(ctx context.Context, tx bun.Tx, w *statements, t Tables, audit []AuditRow) error {
+	var qs []writeQuery
 	if len(f.deletedUsers) > 0 {
 		ids := keys(f.deletedUsers)
-		for _, q := range []*bun.DeleteQuery{
+		qs = append(qs,
 			tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("user_id IN (?)", bun.List(ids)),
 			tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("user_id IN (?)", bun.List(ids)),
-			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id IN (?)", bun.List(ids)),
-		} {
-			if _, err := q.Exec(ctx); err != nil {
-				return err
-			}
-		}
+			tx.NewDelete().Model((*UserRow)(nil)).ModelTableExpr(t.Users()).Where("id IN (?)", bun.List(ids)))
 	}
 	if len(f.revokedTokens) > 0 {
-		if _, err := tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id IN (?)", bun.List(keys(f.revokedTokens))).Exec(ctx); err != nil {
-			return err
-		}
+		qs = append(qs, tx.NewDelete().Model((*TokenRow)(nil)).ModelTableExpr(t.Tokens()).Where("id IN (?)", bun.List(keys(f.revokedTokens))))
 	}
 	if len(f.endedSessions) > 0 {
-		if _, err := tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id IN (?)", bun.List(keys(f.endedSessions))).Exec(ctx); err != nil {
-			return err
-		}
+		qs = append(qs, tx.NewDelete().Model((*SessionRow)(nil)).ModelTableExpr(t.Sessions()).Where("id IN (?)", bun.List(keys(f.endedSessions))))
 	}
 	users := make([]UserRow, 0, len(f.dirty))
 	for id := range f.dirty {
@@ -164,21 +209,30 @@ func (f *fold) write(ctx context.Context, tx bun.Tx, t Tables, audit []AuditRow)
 		n := min(bulkChunk, len(users))
 		chunk := users[:n]
 		users = users[n:]
-		_, err := tx.NewInsert().Model(&chunk).ModelTableExpr(t.Users()).
+		qs = append(qs, tx.NewInsert().Model(&chunk).ModelTableExpr(t.Users()).
 			On("CONFLICT (id) DO UPDATE").
-			Set("name = EXCLUDED.name").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version").
-			Exec(ctx)
-		if err != nil {
-			return fmt.Errorf("write users: %w", err)
+			Set("name = EXCLUDED.name").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version"))
+	}
+	qs = appendInserts(tx, qs, t.Tokens(), values(f.tokens))
+	qs = appendInserts(tx, qs, t.Sessions(), values(f.sessions))
+	qs = appendInserts(tx, qs, t.Audit(), audit)
+	for _, q := range qs {
+		if err := w.add(ctx, q); err != nil {
+			return err
 		}
 	}
-	if err := insertAll(ctx, tx, t.Tokens(), values(f.tokens)); err != nil {
-		return err
+	return nil
+}
+
+// appendInserts appends the multi-row INSERTs (bulkChunk rows each) that write rows to table.
+func appendInserts[T any](tx bun.Tx, qs []writeQuery, table string, rows []T) []writeQuery {
+	for len(rows) > 0 {
+		n := min(bulkChunk, len(rows))
+		chunk := rows[:n]
+		qs = append(qs, tx.NewInsert().Model(&chunk).ModelTableExpr(table))
+		rows = rows[n:]
 	}
-	if err := insertAll(ctx, tx, t.Sessions(), values(f.sessions)); err != nil {
-		return err
-	}
-	return insertAll(ctx, tx, t.Audit(), audit)
+	return qs
 }
 
 func keys(m map[uuid.UUID]bool) []uuid.UUID {
