@@ -479,17 +479,17 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 	at := time.Now().UTC()
 	meta := events.Metadata{Actor: "system", RequestID: "bench-lag"}
 	for i := 0; i < total; i += 3 {
-		id := uuid.New()
+		id := newID()
 		chain := ""
 		for k, e := range []events.Event{
 			events.UserRegistered{UserID: id, Email: fmt.Sprintf("lag%d-%s@example.com", i, b.runID), Name: "Lag", PersonalOrgSlug: fmt.Sprintf("lag-%d-%s", i, b.runID), RegisteredAt: at},
 			events.Renamed(id, "Lag", "Lag Renamed"),
-			events.TokenCreated{UserID: id, TokenID: uuid.New(), Description: "lag", Digest: uuid.NewString() + uuid.NewString(), CreatedAt: at},
+			events.TokenCreated{UserID: id, TokenID: newID(), Description: "lag", Digest: uuid.NewString() + uuid.NewString(), CreatedAt: at},
 		} {
 			if i+k >= total {
 				break
 			}
-			m, c, err := events.Encode(uuid.NewString(), at, meta, chain, e)
+			m, c, err := events.Encode(newID().String(), at, meta, chain, e)
 			if err != nil {
 				return err
 			}
@@ -713,15 +713,16 @@ func (b *bench) scenarioRebuild(ctx context.Context) error {
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var res struct {
-		Events     uint64  `json:"events"`
-		DurationMS int64   `json:"duration_ms"`
-		Rate       float64 `json:"events_per_second"`
+		Events     uint64           `json:"events"`
+		DurationMS int64            `json:"duration_ms"`
+		Rate       float64          `json:"events_per_second"`
+		PhasesMS   map[string]int64 `json:"phases_ms"`
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &res); err != nil {
 		return fmt.Errorf("identityctl output %q: %w", out, err)
 	}
 	rate := float64(res.Events) / wall.Seconds() // process wall time: start-up, connect, replay, switch-over
-	logf("  rebuild: %d events in %.1fs wall (%d ms inside: %.0f events/s)", res.Events, wall.Seconds(), res.DurationMS, res.Rate)
+	logf("  rebuild: %d events in %.1fs wall (%d ms inside: %.0f events/s; phases in ms: %v)", res.Events, wall.Seconds(), res.DurationMS, res.Rate, res.PhasesMS)
 
 	rows, d, err := b.bulkInsertBaseline(ctx, int(res.Events))
 	if err != nil {
@@ -736,7 +737,7 @@ func (b *bench) scenarioRebuild(ctx context.Context) error {
 	b.add(ratioRow(row{ID: "4", Figure: f64(rate), Unit: "events/s", Baseline: "bun bulk insert, same rows", BaselineValue: f64(baseRate),
 		Target: "≥ 0.5×", Note: fmt.Sprintf("%s size: %d events; rebuild %.1f s wall (identityctl process), %.1f s inside; bulk insert %.1f s (1,000 rows/INSERT, users_v1 shape + PK, 1 writer)",
 			size, res.Events, wall.Seconds(), float64(res.DurationMS)/1000, d.Seconds()),
-		Details: map[string]any{"events": res.Events, "wall_s": wall.Seconds(), "inside_ms": res.DurationMS, "inside_events_per_s": res.Rate,
+		Details: map[string]any{"events": res.Events, "wall_s": wall.Seconds(), "inside_ms": res.DurationMS, "inside_events_per_s": res.Rate, "phases_ms": res.PhasesMS,
 			"baseline_rows": rows, "baseline_s": d.Seconds(), "reduced": !b.opt.full}}, 0.5, false))
 	return nil
 }
