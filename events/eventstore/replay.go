@@ -68,7 +68,7 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 			cancel()
 		}
 	}()
-	// Cancelling ctx stops the iterator, which ends a Next that waits for a consumer reset.
+	// Canceling ctx stops the iterator, which ends a Next that waits for a consumer reset.
 	defer context.AfterFunc(ctx, it.Stop)()
 	if info := c.CachedInfo(); info != nil && info.NumPending == 0 {
 		return nil // nothing stored at or after from

@@ -80,7 +80,7 @@ func TestReplay(t *testing.T) {
 	cctx, cancel := context.WithCancel(ctx)
 	err = st.Replay(cctx, 1, last, 2, func([]events.Envelope) error { cancel(); return nil })
 	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("cancelled replay: %v, want context.Canceled", err)
+		t.Fatalf("canceled replay: %v, want context.Canceled", err)
 	}
 
 	js, err := jetstream.New(st.Conn())
