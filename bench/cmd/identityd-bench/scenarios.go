@@ -556,6 +556,7 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 		}()
 	}
 	snap := b.cpuNow(b.identityd)
+	wal0, walErr := b.walStats(ctx)
 	start := time.Now()
 	for i := 0; i < total && ctx.Err() == nil; i++ {
 		if d := time.Until(start.Add(time.Duration(i) * interval)); d > 0 {
@@ -637,13 +638,22 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 		commitEvery = pubElapsed.Seconds() * 1000 / float64(advances)
 	}
 	logf("  projector: %d checkpoint advances seen, ~%.0f events per commit, one every ~%.1f ms; cores: %s", advances, perCommit, commitEvery, coresString(cpu))
+	wal := map[string]float64{}
+	if wal1, err := b.walStats(ctx); err == nil && walErr == nil && total > 0 {
+		// The whole server's WAL while the events were appended and projected (the poller's
+		// reads write none): how much each event cost PostgreSQL's log.
+		wal["bytes_per_event"] = (wal1[2] - wal0[2]) / float64(total)
+		wal["full_page_images_per_event"] = (wal1[1] - wal0[1]) / float64(total)
+		wal["records_per_event"] = (wal1[0] - wal0[0]) / float64(total)
+		logf("  PostgreSQL WAL per event: %.0f bytes, %.2f full-page images, %.1f records", wal["bytes_per_event"], wal["full_page_images_per_event"], wal["records_per_event"])
+	}
 	logf("  projection lag at %.0f events/s: p50 %.1f ms p99 %.1f ms max %.1f ms (%d samples, %d not visible)", achieved, p50, p99, mx, len(samples), missing)
 	r := row{ID: "5", Figure: f64(p99), Unit: "ms p99 lag", Target: "≤ 50 ms", Met: bptr(p99 <= 50 && missing == 0 && achieved >= 0.95*float64(rate)),
 		Note: fmt.Sprintf("%d events at %.0f/s over %s (register/rename/token of new users, appended directly); p50 %.1f ms, max %.1f ms; checkpoint polled every ~1 ms (%d polls)",
 			total, achieved, b.opt.duration, p50, mx, len(samples)),
 		Details: map[string]any{"events": total, "achieved_rate": achieved, "p50_ms": p50, "p99_ms": p99, "max_ms": mx,
 			"p99_from_send_ms": pct(lagsSent, 0.99), "not_visible": missing, "polls": len(samples),
-			"checkpoint_advances": advances, "events_per_commit": perCommit, "ms_between_commits": commitEvery, "cpu": cpu}}
+			"checkpoint_advances": advances, "events_per_commit": perCommit, "ms_between_commits": commitEvery, "cpu": cpu, "wal": wal}}
 	if achieved < 0.95*float64(rate) {
 		r.Note += fmt.Sprintf("; TARGET RATE NOT REACHED: %d events/s asked, NATS (sync_interval always) acknowledged %.0f/s", rate, achieved)
 	}
@@ -652,6 +662,13 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 	}
 	b.add(r)
 	return nil
+}
+
+// walStats is PostgreSQL's WAL counters (pg_stat_wal): records, full-page images, bytes.
+func (b *bench) walStats(ctx context.Context) ([3]float64, error) {
+	var v [3]float64
+	err := b.db.QueryRowContext(ctx, "SELECT wal_records, wal_fpi, wal_bytes FROM pg_stat_wal").Scan(&v[0], &v[1], &v[2])
+	return v, err
 }
 
 // ---------------------------------------------------------------- (4) rebuild
