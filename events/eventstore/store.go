@@ -420,14 +420,9 @@ func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, erro
 // last-message lookup on the stream's whole subject space, identity.>, costs time in proportion
 // to the number of subjects: 17 ms with 300,000 subjects, measured.)
 func (s *Store) Head(ctx context.Context) (uint64, error) {
-	if s.nc.Status() != nats.CONNECTED {
-		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.INFO."+s.cfg.Stream, nil)
+	m, err := s.apiRequest(ctx, "STREAM.INFO", nil)
 	if err != nil {
-		return 0, classify(err)
+		return 0, err
 	}
 	var resp struct {
 		State *struct {
@@ -449,20 +444,30 @@ func (s *Store) Head(ctx context.Context) (uint64, error) {
 	return resp.State.LastSeq, nil
 }
 
-// lastFor is the sequence of the last message matching filter, asked of the stream leader
-// (the non-direct message API); 0 when none.
-func (s *Store) lastFor(ctx context.Context, filter string) (uint64, error) {
+// apiRequest sends a JetStream API request about the stream ($JS.API.<api>.<stream>) and
+// returns the reply, within the store's timeout; ErrUnavailable when NATS cannot be asked.
+func (s *Store) apiRequest(ctx context.Context, api string, body []byte) (*nats.Msg, error) {
 	if s.nc.Status() != nats.CONNECTED {
-		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+		return nil, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
+	m, err := s.nc.RequestWithContext(ctx, "$JS.API."+api+"."+s.cfg.Stream, body)
+	if err != nil {
+		return nil, classify(err)
+	}
+	return m, nil
+}
+
+// lastFor is the sequence of the last message matching filter, asked of the stream leader
+// (the non-direct message API); 0 when none.
+func (s *Store) lastFor(ctx context.Context, filter string) (uint64, error) {
 	req, _ := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
 	}{filter})
-	m, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+s.cfg.Stream, req)
+	m, err := s.apiRequest(ctx, "STREAM.MSG.GET", req)
 	if err != nil {
-		return 0, classify(err)
+		return 0, err
 	}
 	var resp struct {
 		Message *struct {
