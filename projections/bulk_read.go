@@ -172,6 +172,9 @@ func newReplaySource(ctx context.Context, replay StreamReplayer, from, end uint6
 	go func() {
 		defer close(rs.ch)
 		rs.err = replay(ctx, from, end, batch, func(evs []events.Envelope) error {
+			if len(evs) == 0 {
+				return nil
+			}
 			select {
 			case rs.ch <- evs:
 				return nil

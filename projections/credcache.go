@@ -23,9 +23,10 @@ import (
 //     last event seen for that user.
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
 //     for the last sequence L, this instance's read model reached L and the cache saw every
-//     batch up to L (and so made its invalidations) before t0+Lease, and the database answered a health check less than dbFresh ago. The
-//     lease ends at t0+Lease. (The health check keeps the documented behavior of an outage:
-//     reads fail with 503 within a fraction of a second rather than going on from memory.)
+//     batch up to L (and so made its invalidations) before t0+Lease, and the database answered
+//     a health check less than dbFresh ago. The lease ends at t0+Lease. (The health check
+//     keeps the documented behavior of an outage: reads fail with 503 within a fraction of a
+//     second rather than going on from memory.)
 //     Renewal happens on demand, one at a time, so an idle service asks nothing; a busy one
 //     renews once a quarter of the lease has passed, so a renewal has three quarters of it to
 //     finish before the lease lapses (on two saturated cores a renewal — a leader round trip
