@@ -628,3 +628,39 @@ func TestApplyBatchExactlyOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyBatchHostileValues: values that look like SQL, placeholders or statement separators
+// reach the rows intact. On PostgreSQL a batch's writes go out as one multi-statement query
+// rendered client-side, so this is the test that its quoting holds.
+func TestApplyBatchHostileValues(t *testing.T) {
+	hostile := []string{`a?b ?0 ?TableName`, `$1 $$x$$ \'`, `'); DROP TABLE users_v1; --`, "semi;colon\nnew line", `back\\slash "quoted"`}
+	for _, b := range testBackends {
+		t.Run(b.name, func(t *testing.T) {
+			db, _ := newSchemaDB(t, b, CurrentTables)
+			ctx := context.Background()
+			id, tok := uuid.New(), uuid.New()
+			evs := []events.Event{registered(id, "Plain")}
+			prev := "Plain"
+			for _, name := range hostile {
+				evs = append(evs, events.Renamed(id, prev, name))
+				prev = name
+			}
+			created := tokenCreated(id, tok, t0, nil)
+			created.Description = strings.Join(hostile, " | ")
+			evs = append(evs, created)
+			if _, err := applyBatch(ctx, db, CurrentTables, envelopes(1, evs...)); err != nil {
+				t.Fatal(err)
+			}
+			users, tokens := readUsers(t, db, CurrentTables), readTokens(t, db, CurrentTables)
+			if len(users) != 1 || users[0].Name != prev {
+				t.Fatalf("users %+v, want one named %q", users, prev)
+			}
+			if len(tokens) != 1 || tokens[0].Description != created.Description {
+				t.Fatalf("tokens %+v, want one described %q", tokens, created.Description)
+			}
+			if cp := checkpointOf(t, db, CurrentTables); cp != uint64(len(evs)) {
+				t.Fatalf("checkpoint %d, want %d", cp, len(evs))
+			}
+		})
+	}
+}
