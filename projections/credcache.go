@@ -80,7 +80,7 @@ type CacheConfig struct {
 	// ReadModel answers misses (required).
 	ReadModel *ReadModel
 	// Head returns the stream's last sequence as its leader knows it — not a replica that
-	// may lag (required).
+	// may lag (required; eventstore.Store.LastSequence).
 	Head func(ctx context.Context) (uint64, error)
 	// Projection is the local projector: it feeds the cache its batches and tells when the
 	// read model reached a sequence (required).

@@ -99,7 +99,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		}
 		// Before the projector runs, so the cache sees every batch.
 		a.cache, err = projections.NewCredentialCache(projections.CacheConfig{ //nolint:contextcheck // its health check lives until close, not for this call
-			ReadModel: rm, Head: store.Head, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
+			ReadModel: rm, Head: store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
 			Ping: func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
 		})
 		if err != nil {

@@ -414,12 +414,14 @@ func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, erro
 	return s.lastFor(ctx, agg.Filter())
 }
 
-// Head is the stream's last sequence as its leader knows it: every append acknowledged so far
-// is at or below it. It asks the stream leader for stream info (never a replica that lags, as a
-// direct get could be); the server answers that from counters it keeps, in constant time. (A
-// last-message lookup on the stream's whole subject space, identity.>, costs time in proportion
-// to the number of subjects: 17 ms with 300,000 subjects, measured.)
-func (s *Store) Head(ctx context.Context) (uint64, error) {
+// LastSequence is the stream's last sequence as its leader knows it: every append acknowledged
+// so far is at or below it, so it is where a reader that wants everything stored so far must
+// get to (rebuilds, verification) and what the credential cache's lease checks its read model
+// against. It asks the stream leader for stream info in one request (never a replica that
+// lags, as a direct get could be); the server answers from counters it keeps, in constant
+// time. (A last-message lookup on the stream's whole subject space, identity.>, costs time in
+// proportion to the number of subjects: 17 ms with 300,000 subjects, measured.)
+func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	m, err := s.apiRequest(ctx, "STREAM.INFO", nil)
 	if err != nil {
 		return 0, err
@@ -499,20 +501,6 @@ const errNoMessageFound = 10037
 // that rebuilds and verification need (projections.StreamReader).
 func (s *Store) ReadAll(ctx context.Context, from uint64, limit int) ([]events.Envelope, error) {
 	return s.Read(ctx, events.SubjectRoot+".>", from, limit)
-}
-
-// LastSequence is the stream's last sequence: where a reader that wants everything stored so
-// far must get to.
-func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
-	st, err := s.js.Stream(ctx, s.cfg.Stream)
-	if err != nil {
-		return 0, classify(err)
-	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return 0, classify(err)
-	}
-	return info.State.LastSeq, nil
 }
 
 // SequenceAt is the sequence of the first event stored at or after t, or the stream's last

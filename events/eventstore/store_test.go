@@ -153,11 +153,11 @@ func TestVersionAsksTheLeader(t *testing.T) {
 	}
 }
 
-// TestHead: the leader's last sequence, 0 for an empty stream, the last append after appends.
-func TestHead(t *testing.T) {
+// TestLastSequence: the leader's last sequence, 0 for an empty stream, the last append after appends.
+func TestLastSequence(t *testing.T) {
 	st := openStore(t)
 	ctx := context.Background()
-	if h, err := st.Head(ctx); err != nil || h != 0 {
+	if h, err := st.LastSequence(ctx); err != nil || h != 0 {
 		t.Fatalf("empty stream: head %d, %v; want 0", h, err)
 	}
 	var last uint64
@@ -170,7 +170,7 @@ func TestHead(t *testing.T) {
 		}
 		last = seq
 	}
-	if h, err := st.Head(ctx); err != nil || h != last {
+	if h, err := st.LastSequence(ctx); err != nil || h != last {
 		t.Fatalf("head %d, %v; want %d", h, err, last)
 	}
 }
