@@ -64,7 +64,10 @@ type cpuSnap struct {
 }
 
 func (b *bench) cpuNow(target *proc) cpuSnap {
-	s := cpuSnap{at: time.Now(), nats: procCPU(b.nats.pid()), postgres: postgresCPU()}
+	s := cpuSnap{at: time.Now(), postgres: postgresCPU()}
+	for _, p := range b.natsProcs {
+		s.nats += procCPU(p.pid())
+	}
 	if target != nil {
 		s.target = procCPU(target.pid())
 	}

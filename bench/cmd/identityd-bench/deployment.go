@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/projections"
@@ -105,34 +106,85 @@ func (b *bench) startPostgres(ctx context.Context) error {
 	return nil
 }
 
-// startNATS runs the pinned nats-server as a process: JetStream, file storage, fsync always.
+// startNATS runs the pinned nats-server as processes: JetStream, file storage, fsync always.
+// With --nats-nodes 3 it is a three-node cluster on loopback and every stream of the run
+// (identityd's, baseline (a)'s) has three replicas.
 func (b *bench) startNATS(ctx context.Context) error {
-	port, err := freePort()
-	if err != nil {
-		return err
+	n := b.opt.natsNodes
+	ports := make([]int, 2*n)
+	for i := range ports {
+		p, err := freePort()
+		if err != nil {
+			return err
+		}
+		ports[i] = p
 	}
-	store := filepath.Join(b.tmp, "nats-store")
-	conf := filepath.Join(b.tmp, "nats.conf")
-	cfg := fmt.Sprintf("server_name: identityd-bench\nlisten: 127.0.0.1:%d\nmax_payload: 1048576\n"+
-		"jetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", port, store)
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		return err
+	var routes []string
+	for i := 0; i < n; i++ {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[n+i]))
 	}
-	b.nats, err = b.startProc("nats-server", b.binPath("nats-server"), []string{"-c", conf}, os.Environ())
-	if err != nil {
-		return err
+	var urls []string
+	for i := 0; i < n; i++ {
+		name := "nats-server"
+		if n > 1 {
+			name = fmt.Sprintf("nats-server-%d", i+1)
+		}
+		store := filepath.Join(b.tmp, name+"-store")
+		conf := filepath.Join(b.tmp, name+".conf")
+		cfg := fmt.Sprintf("server_name: identityd-bench-%d\nlisten: 127.0.0.1:%d\nmax_payload: 1048576\n"+
+			"jetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", i+1, ports[i], store)
+		if n > 1 {
+			cfg += fmt.Sprintf("cluster {\n  name: identityd-bench\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n", ports[n+i], strings.Join(routes, ", "))
+		}
+		if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
+			return err
+		}
+		p, err := b.startProc(name, b.binPath("nats-server"), []string{"-c", conf}, os.Environ())
+		if err != nil {
+			return err
+		}
+		b.natsProcs = append(b.natsProcs, p)
+		addr := "127.0.0.1:" + strconv.Itoa(ports[i])
+		urls = append(urls, "nats://"+addr)
 	}
-	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if err := waitTCP(ctx, b.nats, addr, 20*time.Second); err != nil {
-		return err
+	for i, p := range b.natsProcs {
+		if err := waitTCP(ctx, p, strings.TrimPrefix(urls[i], "nats://"), 20*time.Second); err != nil {
+			return err
+		}
 	}
-	b.natsURL = "nats://" + addr
+	b.natsURL = strings.Join(urls, ",")
+	var err error
 	if b.nc, err = nats.Connect(b.natsURL, nats.Name("identityd-bench")); err != nil {
 		return err
 	}
 	b.addCleanup(func() { b.nc.Close() })
-	logf("nats-server %s at %s (JetStream, file storage in %s, sync_interval: always)", b.nc.ConnectedServerVersion(), b.natsURL, store)
+	if err := waitJetStream(ctx, b.nc, 60*time.Second); err != nil {
+		return err
+	}
+	logf("nats-server %s: %s (JetStream, file storage in the temp dir, sync_interval: always, %d replica(s))", b.nc.ConnectedServerVersion(), b.natsURL, n)
 	return nil
+}
+
+// waitJetStream returns once JetStream answers account info: at once on one server, after
+// the meta leader is elected on a cluster.
+func waitJetStream(ctx context.Context, nc *nats.Conn, timeout time.Duration) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, err := js.AccountInfo(actx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("JetStream not ready: %w", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // identityEnv is the environment without any IDENTITYD_* variable of the caller, plus kv.
@@ -149,6 +201,7 @@ func identityEnv(kv ...string) []string {
 func (b *bench) identitydEnv(extra ...string) []string {
 	return identityEnv(append([]string{
 		"IDENTITYD_NATS_URL=" + b.natsURL,
+		"IDENTITYD_NATS_REPLICAS=" + strconv.Itoa(b.opt.natsNodes),
 		"IDENTITYD_DATABASE_URL=" + b.dsn,
 		"IDENTITYD_SECRET_KEY=" + b.secretKey,
 		"IDENTITYD_ARGON2_MEMORY_KIB=" + strconv.Itoa(argonMemKiB),

@@ -34,6 +34,7 @@ type options struct {
 	out        string
 	keepTmp    bool
 	debugAddr  string
+	natsNodes  int
 	only       map[string]bool
 
 	memUsers, memTokens, rebuildEvents int
@@ -48,7 +49,7 @@ type bench struct {
 	pgSettings              map[string]string
 	db                      *bun.DB
 	natsURL                 string
-	nats                    *proc
+	natsProcs               []*proc // one, or the three nodes of a cluster
 	nc                      *nats.Conn
 	identityd               *proc
 	crud                    *proc
@@ -80,6 +81,7 @@ func main() {
 	flag.StringVar(&o.out, "out", "bench/results/latest.json", "JSON results file (relative to the repository root)")
 	flag.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temp dir (logs, NATS store) instead of removing it")
 	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve identityd's profiling endpoints here (IDENTITYD_DEBUG_ADDR), e.g. 127.0.0.1:6060, to profile a scenario while it runs")
+	flag.IntVar(&o.natsNodes, "nats-nodes", 1, "nats-server processes: 1, or 3 for a cluster on loopback (streams then have 3 replicas)")
 	flag.StringVar(&only, "only", "1,2,3,4,5,6,7", "comma-separated scenarios to run")
 	flag.Parse()
 	o.only = map[string]bool{}
@@ -92,6 +94,10 @@ func main() {
 		o.memUsers, o.memTokens, o.rebuildEvents = 1_000_000, 2_000_000, 1_000_000
 	} else {
 		o.memUsers, o.memTokens, o.rebuildEvents = 100_000, 200_000, 100_000
+	}
+	if o.natsNodes != 1 && o.natsNodes != 3 {
+		fmt.Fprintln(os.Stderr, "identityd-bench: --nats-nodes must be 1 or 3")
+		os.Exit(2)
 	}
 	if o.users < 2*o.writeConns {
 		o.users = 2 * o.writeConns
@@ -243,7 +249,7 @@ func (b *bench) describe() {
 	b.meta["connections_write"] = b.opt.writeConns
 	b.meta["full"] = b.opt.full
 	b.meta["sizes"] = map[string]int{"api_users": b.opt.users, "memory_users": b.opt.memUsers, "memory_tokens": b.opt.memTokens, "rebuild_events": b.opt.rebuildEvents}
-	b.meta["nats"] = map[string]any{"server": b.nc.ConnectedServerVersion(), "storage": "file", "sync_interval": "always (fsync before every ack)", "replicas": 1, "url": b.natsURL}
+	b.meta["nats"] = map[string]any{"server": b.nc.ConnectedServerVersion(), "storage": "file", "sync_interval": "always (fsync before every ack)", "replicas": b.opt.natsNodes, "nodes": b.opt.natsNodes, "url": b.natsURL}
 	b.meta["postgresql"] = b.pgSettings
 	b.meta["identityd"] = map[string]any{"argon2_memory_kib": argonMemKiB, "argon2_time": argonTime, "log_level": "warn", "db_pool": 16}
 	b.meta["load_generator"] = "bench/cmd/loadgen: separate Go process, closed loop, HTTP/1.1 keep-alive, one worker per connection, same machine"

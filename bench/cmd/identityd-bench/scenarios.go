@@ -350,10 +350,13 @@ func (b *bench) jsAppendRate(ctx context.Context, workers int) (rate, p99 float6
 	}
 	const stream = "BENCH_APPEND"
 	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: stream, Subjects: []string{"benchappend.>"},
-		Storage: jetstream.FileStorage, Replicas: 1, Duplicates: 2 * time.Minute}); err != nil {
+		Storage: jetstream.FileStorage, Replicas: b.opt.natsNodes, Duplicates: 2 * time.Minute}); err != nil {
 		return 0, 0, err
 	}
 	defer func() { _ = js.DeleteStream(context.Background(), stream) }()
+	if err := waitStreamLeader(ctx, js, stream); err != nil {
+		return 0, 0, err
+	}
 	var measuring, stop atomic.Bool
 	lat := make([][]time.Duration, workers)
 	errs := make([]error, workers)
@@ -421,6 +424,23 @@ func (b *bench) jsAppendRate(ctx context.Context, workers int) (rate, p99 float6
 	p99 = float64(all[min(len(all)-1, len(all)*99/100)].Microseconds()) / 1000
 	logf("  %-28s %9.0f msg/s  p99 %.2f ms  (%d goroutines, %.1fs)", "2 baseline (a) JS append", rate, p99, workers, elapsed.Seconds())
 	return rate, p99, nil
+}
+
+// waitStreamLeader returns once the stream has a leader (at once on one server).
+func waitStreamLeader(ctx context.Context, js jetstream.JetStream, name string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := js.Stream(ctx, name)
+		if err == nil {
+			if info := st.CachedInfo(); info.Cluster == nil || info.Cluster.Leader != "" {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("stream %s has no leader: %v", name, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // ---------------------------------------------------------------- (3) create token + use
@@ -723,7 +743,7 @@ func (b *bench) scenarioRebuild(ctx context.Context) error {
 	logf("  identityctl projections rebuild over %d events", last)
 	t1 := time.Now()
 	out, err := b.runCmd(ctx, "identityctl-rebuild", b.binPath("identityctl"), []string{"projections", "rebuild"},
-		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data")))
+		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_NATS_REPLICAS="+strconv.Itoa(b.opt.natsNodes), "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data")))
 	wall := time.Since(t1)
 	if err != nil {
 		return err
