@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,16 +18,20 @@ import (
 //
 // Three rules make a cached answer as good as a database read:
 //
-//   - Invalidation. The projector hands the cache every batch before applying it; each event
-//     of a user drops that user's entries. A database read that raced with an invalidation is
-//     not cached: an entry is stored only if its user row's version is not older than the
-//     last event seen for that user.
+//   - Invalidation. The projector's feed tells the cache of every event as soon as it arrives,
+//     before it is decoded or applied (Projector.OnArrival); an event of a user drops that
+//     user's entries, except one that only adds a credential (a token created, a session
+//     started), which leaves the others as they were. A database read that raced with an
+//     arrival is not cached: an entry is stored only if its user row's version is not older
+//     than the last event that arrived for that user, and that event is remembered until the
+//     read model has applied it (and seenFor longer), however long the projector lags.
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
-//     for the last sequence L, this instance's read model reached L and the cache saw every
-//     batch up to L (and so made its invalidations) before t0+Lease, and the database answered
-//     a health check less than dbFresh ago. The lease ends at t0+Lease. (The health check
-//     keeps the documented behavior of an outage: reads fail with 503 within a fraction of a
-//     second rather than going on from memory.)
+//     for the last sequence L, every event up to L had arrived (and so made its invalidations)
+//     before t0+Lease, and the database answered a health check less than dbFresh ago. The
+//     lease ends at t0+Lease. It does not wait for the read model to apply L — the entries do
+//     not come from the events — so a busy projector does not keep the cache from answering.
+//     (The health check keeps the documented behavior of an outage: reads fail with 503
+//     within a fraction of a second rather than going on from memory.)
 //     Renewal happens on demand, one at a time, so an idle service asks nothing; a busy one
 //     renews once a quarter of the lease has passed, so a renewal has three quarters of it to
 //     finish before the lease lapses (on two saturated cores a renewal — a leader round trip
@@ -37,8 +42,8 @@ import (
 //     was taken after the append, when L already covered it, so no instance can answer from an
 //     entry the write made stale.
 //
-// While the stream leader cannot be asked, or the read model lags, leases lapse and lookups go
-// to the database: the cache degrades to no cache, never to stale answers.
+// While the stream leader cannot be asked, or the feed lags, leases lapse and lookups go to
+// the database: the cache degrades to no cache, never to stale answers.
 type CredentialCache struct {
 	cfg  CacheConfig
 	base time.Time // monotonic origin of leaseEnd
@@ -55,10 +60,13 @@ type CredentialCache struct {
 
 	hits, misses, lapsed, renewals, failed atomic.Uint64
 
-	// observed is the last sequence whose batch observe saw: the read model's position is not
-	// enough, since a batch another instance applied first moves it before the local
-	// projector has handed that batch to observe. observedCh is closed when it moves.
-	observed   atomic.Uint64
+	// observed is the last sequence that arrived: the read model's position is not enough,
+	// since a batch another instance applied first moves it before the local feed has
+	// delivered that batch. observedCh is closed when it moves.
+	observed atomic.Uint64
+	// resets counts restarts of the feed that skipped events (applied by another instance
+	// meanwhile): they drop every entry, and a database read begun before one is not kept.
+	resets     atomic.Uint64
 	observedMu sync.Mutex
 	observedCh chan struct{}
 
@@ -82,8 +90,8 @@ type CacheConfig struct {
 	// Head returns the stream's last sequence as its leader knows it — not a replica that
 	// may lag (required; eventstore.Store.LastSequence).
 	Head func(ctx context.Context) (uint64, error)
-	// Projection is the local projector: it feeds the cache its batches and tells when the
-	// read model reached a sequence (required).
+	// Projection is the local projector: its feed tells the cache of every event as it
+	// arrives, and it tells how far the read model is (required).
 	Projection CacheProjection
 	// Ping checks that the database answers (required); the cache calls it every pingEvery.
 	// Give it a connection of its own, so a busy pool does not make a live database look dead.
@@ -97,10 +105,9 @@ type CacheConfig struct {
 
 // CacheProjection is what the cache needs from the projector.
 type CacheProjection interface {
-	// OnBatch registers f to see every batch before it is applied.
-	OnBatch(f func(batch []events.Envelope))
-	// WaitFor returns once the read model includes seq.
-	WaitFor(ctx context.Context, seq uint64) error
+	// OnArrival registers f to see every event of the feed as it arrives, and every start of
+	// the feed, in stream order (Projector.OnArrival).
+	OnArrival(f func(Arrival))
 	// Position is the sequence the read model includes now.
 	Position() uint64
 }
@@ -132,12 +139,12 @@ type seenEvent struct {
 	at  time.Time
 }
 
-// seenFor is how long the last event of a user is remembered: longer than any database read
-// that could race with it (the driver's read timeout is 10s).
+// seenFor is how long the last event of a user is remembered once the read model has applied
+// it: longer than any database read that could race with it (the driver's read timeout is 10s).
 const seenFor = 30 * time.Second
 
 // NewCredentialCache returns a cache registered with the projection. Create it before the
-// projector runs, so it sees every batch.
+// projector runs, so it sees every event.
 func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
 	cfg.fill()
 	if err := cfg.Validate(); err != nil {
@@ -153,7 +160,7 @@ func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
 	c.observedCh = make(chan struct{})
 	c.stop, c.stopped = make(chan struct{}), make(chan struct{})
 	go c.checkDB()
-	cfg.Projection.OnBatch(c.observe)
+	cfg.Projection.OnArrival(c.arrive)
 	return c, nil
 }
 
@@ -217,20 +224,25 @@ func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(cont
 	} else {
 		c.misses.Add(1)
 	}
+	resets := c.resets.Load()
 	cred, err := load(ctx, k.digest)
 	if err != nil {
 		return cred, err
 	}
-	c.store(k, cred)
+	c.store(k, cred, resets)
 	return cred, nil
 }
 
-// store caches cred unless an event of its user newer than the row was seen meanwhile.
-func (c *CredentialCache) store(k cacheKey, cred Credential) {
+// store caches cred, read from the database after the feed's resets-th restart, unless an
+// event of its user newer than the row arrived meanwhile or the feed restarted since.
+func (c *CredentialCache) store(k cacheKey, cred Credential, resets uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.seen[cred.User.ID]; ok && s.seq > cred.User.Version {
-		return // the database answered from before an event already seen: do not keep it
+		return // the database answered from before an event already arrived: do not keep it
+	}
+	if c.resets.Load() != resets {
+		return // the feed skipped events while the database answered: they may be newer
 	}
 	if _, ok := c.entries[k]; !ok {
 		for len(c.entries) >= c.cfg.MaxEntries {
@@ -265,37 +277,74 @@ func (c *CredentialCache) evict(k cacheKey) {
 	}
 }
 
-// observe drops the entries of every user an event of the batch concerns.
-func (c *CredentialCache) observe(batch []events.Envelope) {
+// arrive drops the entries of the user an arriving event concerns, unless the event only adds
+// a credential; a restart of the feed that skipped events drops every entry.
+func (c *CredentialCache) arrive(a Arrival) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for _, e := range batch {
-		id, ok := ownerOf(e)
-		if !ok {
-			continue
+	if a.Subject == "" { // the feed (re)starts after a.Seq
+		if a.Seq > c.observed.Load() {
+			// Events up to a.Seq were applied by another instance without arriving here:
+			// nothing cached before can be trusted.
+			c.resets.Add(1)
+			clear(c.entries)
+			clear(c.byUser)
+			c.advance(a.Seq)
 		}
-		c.seen[id] = seenEvent{seq: e.Sequence, at: now}
-		for _, k := range c.byUser[id] {
-			delete(c.entries, k)
-		}
-		delete(c.byUser, id)
+		return
 	}
-	if n := len(batch); n > 0 && batch[n-1].Sequence > c.observed.Load() {
-		c.observed.Store(batch[n-1].Sequence)
-		c.observedMu.Lock()
-		close(c.observedCh)
-		c.observedCh = make(chan struct{})
-		c.observedMu.Unlock()
+	if id, kind, ok := userEventOf(a.Subject); ok {
+		c.seen[id] = seenEvent{seq: a.Seq, at: now}
+		if !addsCredential[kind] {
+			for _, k := range c.byUser[id] {
+				delete(c.entries, k)
+			}
+			delete(c.byUser, id)
+		}
+	}
+	if a.Seq > c.observed.Load() {
+		c.advance(a.Seq)
 	}
 	if now.After(c.pruneAt) {
+		applied := c.cfg.Projection.Position()
 		for id, s := range c.seen {
-			if now.Sub(s.at) > seenFor {
+			// An event is forgotten only once the read model has it: until then a database
+			// read of its user would be older, however long the projector takes.
+			if s.seq <= applied && now.Sub(s.at) > seenFor {
 				delete(c.seen, id)
 			}
 		}
 		c.pruneAt = now.Add(seenFor / 2)
 	}
+}
+
+// advance moves observed to seq and wakes renewals waiting for it; c.mu is held.
+func (c *CredentialCache) advance(seq uint64) {
+	c.observed.Store(seq)
+	c.observedMu.Lock()
+	close(c.observedCh)
+	c.observedCh = make(chan struct{})
+	c.observedMu.Unlock()
+}
+
+// addsCredential lists the user events (by their subject's last token) that change nothing a
+// cached credential holds: they only add one. Every other event of a user drops its entries.
+var addsCredential = map[string]bool{
+	subjectToken(events.TypeTokenCreated):   true,
+	subjectToken(events.TypeSessionStarted): true,
+}
+
+func subjectToken(t events.Type) string { return string(t)[strings.LastIndexByte(string(t), '.')+1:] }
+
+// userEventOf parses a user event's subject, <root>.user.<id>.<kind> (events.Subject).
+func userEventOf(subject string) (uuid.UUID, string, bool) {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 || parts[0] != events.SubjectRoot || parts[1] != "user" {
+		return uuid.Nil, "", false
+	}
+	id, err := uuid.Parse(parts[2])
+	return id, parts[3], err == nil
 }
 
 // current reports whether the cache holds a lease, renewing it if needed.
@@ -328,7 +377,7 @@ func (c *CredentialCache) startRenewal() chan struct{} {
 	return c.renewing
 }
 
-// renew takes a lease if the read model reaches the leader's last sequence in time.
+// renew takes a lease if every event up to the leader's last sequence arrives in time.
 func (c *CredentialCache) renew(done chan struct{}) {
 	defer func() {
 		c.renewMu.Lock()
@@ -348,9 +397,6 @@ func (c *CredentialCache) renew(done chan struct{}) {
 	}()
 	head, err := c.cfg.Head(ctx)
 	if err != nil {
-		return
-	}
-	if err := c.cfg.Projection.WaitFor(ctx, head); err != nil {
 		return
 	}
 	for c.observed.Load() < head {

@@ -14,17 +14,18 @@ import (
 	"github.com/identityd/identityd/events"
 )
 
-// cacheProjection is the projector as the cache sees it: batches go to the observers, then to
-// the database, then the position moves.
+// cacheProjection is the projector as the cache sees it: events arrive (the observers hear of
+// them), then a batch goes to the database, then the position moves.
 type cacheProjection struct {
-	t   *testing.T
-	db  *bun.DB
-	mu  sync.Mutex
-	pos uint64
-	fns []func([]events.Envelope)
+	t       *testing.T
+	db      *bun.DB
+	mu      sync.Mutex
+	pos     uint64 // the read model's position
+	arrived uint64 // the last sequence that arrived
+	fns     []func(Arrival)
 }
 
-func (p *cacheProjection) OnBatch(f func([]events.Envelope)) { p.fns = append(p.fns, f) }
+func (p *cacheProjection) OnArrival(f func(Arrival)) { p.fns = append(p.fns, f) }
 
 func (p *cacheProjection) Position() uint64 {
 	p.mu.Lock()
@@ -32,32 +33,24 @@ func (p *cacheProjection) Position() uint64 {
 	return p.pos
 }
 
-func (p *cacheProjection) WaitFor(ctx context.Context, seq uint64) error {
-	for {
-		p.mu.Lock()
-		pos := p.pos
-		p.mu.Unlock()
-		if pos >= seq {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Millisecond):
-		}
-	}
-}
-
-// deliver applies evs as the next batch and returns its last sequence.
-func (p *cacheProjection) deliver(evs ...events.Event) uint64 {
-	p.t.Helper()
+// arrive tells the observers of evs, the next events of the stream, without applying them.
+func (p *cacheProjection) arrive(evs ...events.Event) []events.Envelope {
 	p.mu.Lock()
-	first := p.pos + 1
+	first := max(p.pos, p.arrived) + 1
+	p.arrived = first + uint64(len(evs)) - 1
 	p.mu.Unlock()
 	batch := envelopes(first, evs...)
-	for _, f := range p.fns {
-		f(batch)
+	for _, e := range batch {
+		for _, f := range p.fns {
+			f(Arrival{Seq: e.Sequence, Subject: e.NATSSubj})
+		}
 	}
+	return batch
+}
+
+// apply writes a batch that arrived to the read model and moves the position.
+func (p *cacheProjection) apply(batch []events.Envelope) uint64 {
+	p.t.Helper()
 	pos, err := applyBatch(context.Background(), p.db, CurrentTables, batch)
 	if err != nil {
 		p.t.Fatal(err)
@@ -66,6 +59,12 @@ func (p *cacheProjection) deliver(evs ...events.Event) uint64 {
 	p.pos = pos
 	p.mu.Unlock()
 	return pos
+}
+
+// deliver makes evs arrive and applies them; it returns the last sequence.
+func (p *cacheProjection) deliver(evs ...events.Event) uint64 {
+	p.t.Helper()
+	return p.apply(p.arrive(evs...))
 }
 
 type cacheWorld struct {
@@ -141,7 +140,7 @@ func TestCredentialCache(t *testing.T) {
 				}
 			})
 
-			t.Run("without a lease (read model behind the leader) lookups go to the database", func(t *testing.T) {
+			t.Run("without a lease (an event not arrived yet) lookups go to the database", func(t *testing.T) {
 				w := newCacheWorld(t, b, 5*time.Millisecond)
 				if _, err := w.lookup(t); err != nil {
 					t.Fatal(err)
@@ -207,9 +206,110 @@ func TestCredentialCache(t *testing.T) {
 				}
 				// The projector sees a rename while a slow lookup still holds the old row.
 				w.head.Store(w.proj.deliver(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"}))
-				w.cache.store(cacheKey{digest: w.tok.Digest}, cred)
+				w.cache.store(cacheKey{digest: w.tok.Digest}, cred, w.cache.resets.Load())
 				if c, err := w.lookup(t); err != nil || c.User.Name != "Grace" {
 					t.Fatalf("stale row kept: %+v, %v", c, err)
+				}
+			})
+
+			t.Run("the lease needs events to arrive, not the read model to apply them", func(t *testing.T) {
+				w := newCacheWorld(t, b, 5*time.Millisecond)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond) // the first lease ran out
+				// Another user's event arrived; the projector has not applied it yet.
+				batch := w.proj.arrive(registered(uuid.New(), "Other"))
+				w.head.Store(batch[0].Sequence)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				if s := w.cache.Stats(); s.Hits != 1 || s.Lapsed != 0 {
+					t.Fatalf("stats %+v, want a hit while the projector is busy", s)
+				}
+			})
+
+			t.Run("a revocation that arrived drops the entry, and an older database answer is not kept", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				batch := w.proj.arrive(events.TokenRevoked{Versioned: events.V(), UserID: w.user, TokenID: w.tok.TokenID})
+				w.head.Store(batch[0].Sequence)
+				// The database still has the token: the lookup goes there and gets it — as any
+				// read racing with the revocation may — but must not keep it.
+				if _, err := w.lookup(t); err != nil {
+					t.Fatalf("database answer before the revocation is applied: %v", err)
+				}
+				if s := w.cache.Stats(); s.Hits != 0 || s.Entries != 0 {
+					t.Fatalf("stats %+v, want no hit and nothing kept", s)
+				}
+				w.proj.apply(batch)
+				if _, err := w.lookup(t); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("revoked token: %v, want ErrNotFound", err)
+				}
+			})
+
+			t.Run("an arrived event is remembered until applied, however long the projector lags", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				batch := w.proj.arrive(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"})
+				w.head.Store(batch[0].Sequence)
+				// Long after: pruning runs, but the rename is not in the read model yet.
+				w.cache.mu.Lock()
+				s := w.cache.seen[w.user]
+				s.at = s.at.Add(-2 * seenFor)
+				w.cache.seen[w.user] = s
+				w.cache.pruneAt = time.Time{}
+				w.cache.mu.Unlock()
+				w.proj.arrive(registered(uuid.New(), "Other")) // an arrival runs the pruning
+				if c, err := w.lookup(t); err != nil || c.User.Name != "Ada" {
+					t.Fatalf("lookup before the rename is applied: %+v, %v", c, err)
+				}
+				w.proj.apply(batch)
+				if c, err := w.lookup(t); err != nil || c.User.Name != "Grace" {
+					t.Fatalf("the old name was kept: %+v, %v", c, err)
+				}
+			})
+
+			t.Run("a new credential of the user keeps its other entries", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				tok := tokenCreated(w.user, uuid.New(), t0, nil)
+				w.head.Store(w.proj.deliver(tok, sessionStarted(w.user, uuid.New(), t0)))
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := w.cache.APITokenByDigest(context.Background(), tok.Digest); err != nil {
+					t.Fatal(err)
+				}
+				if s := w.cache.Stats(); s.Hits != 1 || s.Misses != 2 {
+					t.Fatalf("stats %+v, want the first token still answered from memory", s)
+				}
+			})
+
+			t.Run("a feed that restarts after events it never saw drops every entry", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				cred, err := w.lookup(t)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resets := w.cache.resets.Load()
+				w.proj.mu.Lock()
+				w.proj.pos += 2 // another instance applied two events
+				pos := w.proj.pos
+				w.proj.mu.Unlock()
+				for _, f := range w.proj.fns {
+					f(Arrival{Seq: pos})
+				}
+				w.head.Store(pos)
+				w.cache.store(cacheKey{digest: w.tok.Digest}, cred, resets) // a read begun before
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				if s := w.cache.Stats(); s.Hits != 0 || s.Misses != 2 {
+					t.Fatalf("stats %+v, want the entry dropped and the racing read not kept", s)
 				}
 			})
 

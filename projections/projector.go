@@ -67,19 +67,38 @@ type Projector struct {
 	router *message.Router
 	sub    *streamSubscriber
 
-	mu      sync.Mutex
-	pos     uint64
-	changed chan struct{}
-	onBatch []func([]events.Envelope)
+	mu        sync.Mutex
+	pos       uint64
+	changed   chan struct{}
+	onArrival []func(Arrival)
 }
 
-// OnBatch registers f to see every batch of events before it is applied, including batches
-// another instance already applied (the in-memory credential cache invalidates from them).
-// Observers run in the order registered; register before Run to see every batch.
-func (p *Projector) OnBatch(f func(batch []events.Envelope)) {
+// Arrival is a notice from the projector's feed, in stream order: the event at Seq, stored
+// under Subject, has arrived — it is not decoded or applied yet, and every event before it
+// arrived first; or, with an empty Subject, the feed (re)starts after Seq, the read model's
+// checkpoint, and the events up to it were applied without arriving here.
+type Arrival struct {
+	Seq     uint64
+	Subject string
+}
+
+// OnArrival registers f to see every Arrival, including events another instance already
+// applied: the in-memory credential cache invalidates from them as soon as they arrive.
+// f runs on the feed's goroutine and must be quick. Observers run in the order registered;
+// register before Run to see every event.
+func (p *Projector) OnArrival(f func(Arrival)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.onBatch = append(p.onBatch, f)
+	p.onArrival = append(p.onArrival, f)
+}
+
+func (p *Projector) arrived(a Arrival) {
+	p.mu.Lock()
+	observers := p.onArrival
+	p.mu.Unlock()
+	for _, f := range observers {
+		f(a)
+	}
 }
 
 // NewProjector creates the tables if needed and wires the Watermill router: recoverer (a panic
@@ -128,6 +147,7 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 	p.sub = &streamSubscriber{
 		js: cfg.JetStream, stream: cfg.Stream, start: p.checkpoint, maxBatch: cfg.MaxBatch,
 		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}), nudge: make(chan struct{}, 1),
+		arrived: p.arrived,
 	}
 	router.AddConsumerHandler("project_"+cfg.Tables.Checkpoint(), events.SubjectRoot+".>", p.sub, p.handle)
 	p.router = router
@@ -153,12 +173,6 @@ func (p *Projector) handle(msg *message.Message) error {
 	if !ok {
 		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
-	}
-	p.mu.Lock()
-	observers := p.onBatch
-	p.mu.Unlock()
-	for _, f := range observers {
-		f(batch)
 	}
 	start := time.Now()
 	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)

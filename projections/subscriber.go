@@ -37,6 +37,7 @@ type streamSubscriber struct {
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 	want      atomic.Uint64 // the highest stream sequence a caller waits to see projected
+	arrived   func(Arrival) // sees every event handed on, and each start, in stream order
 	nudge     chan struct{} // wakes the bridge when a caller starts waiting
 }
 
@@ -86,6 +87,9 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 	pos, err := s.start(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("read checkpoint: %w", err)
+	}
+	if s.arrived != nil {
+		s.arrived(Arrival{Seq: pos})
 	}
 	in := make(chan rawEvent, 4*s.maxBatch)
 	f := &feed{s: s, topic: topic, in: in}
@@ -195,6 +199,11 @@ func (f *feed) push(ev rawEvent, direct bool) bool {
 	defer f.pushMu.Unlock()
 	if ev.seq <= f.lastSeen.Load() {
 		return true // already delivered by the other source
+	}
+	if f.s.arrived != nil {
+		// Before the hand-over, which may wait for the projector: observers (the credential
+		// cache) learn of the event as soon as it is here, not after the batches ahead of it.
+		f.s.arrived(Arrival{Seq: ev.seq, Subject: ev.subject})
 	}
 	f.sending.Store(true) // a full channel is backpressure, not a stall
 	defer f.sending.Store(false)

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -237,10 +238,10 @@ func TestTwoInstancesReadYourWrites(t *testing.T) {
 // after A answered the revocation is refused; before, either answer is fine.
 func TestRevocationRacesReadsOnAnotherInstance(t *testing.T) {
 	t.Run("instances keeping up", func(t *testing.T) { revocationRace(t, 0) })
-	// B's projector takes 25ms after each batch, and a rename just before the revocation makes
-	// B see the revocation after A answered it: B must stop answering from memory anyway (its
-	// lease cannot be renewed while it lags, and A's answer waited out any lease taken before
-	// the revocation).
+	// B's feed takes 25ms after each event it receives, and a rename just before the
+	// revocation makes B receive the revocation after A answered it: B must stop answering
+	// from memory anyway (its lease cannot be renewed while events it has not received are
+	// in the stream, and A's answer waited out any lease taken before the revocation).
 	t.Run("the other instance lagging", func(t *testing.T) { revocationRace(t, 25*time.Millisecond) })
 }
 
@@ -248,7 +249,7 @@ func revocationRace(t *testing.T, lag time.Duration) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
 	if lag > 0 {
-		b.app.projector.OnBatch(func([]events.Envelope) { time.Sleep(lag) })
+		b.app.projector.OnArrival(func(projections.Arrival) { time.Sleep(lag) })
 	}
 	session, _ := signUp(t, a.url, "liskov@example.com", "Barbara")
 	for round := 0; round < 10; round++ {
