@@ -40,7 +40,9 @@ import (
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
 //     was taken after the append, when L already covered it, so no instance can answer from an
-//     entry the write made stale.
+//     entry the write made stale. With Peers, an instance takes leases only while registered,
+//     and skips the wait while no other instance can hold a lease: its own entries are gone
+//     once the write's event arrived, which the write waited for.
 //
 // While the stream leader cannot be asked, or the feed lags, leases lapse and lookups go to
 // the database: the cache degrades to no cache, never to stale answers.
@@ -58,7 +60,7 @@ type CredentialCache struct {
 	seen    map[uuid.UUID]seenEvent // last event seen per user, kept for seenFor
 	pruneAt time.Time
 
-	hits, misses, lapsed, renewals, failed atomic.Uint64
+	hits, misses, lapsed, renewals, failed, fences, skipped atomic.Uint64
 
 	// observed is the last sequence that arrived: the read model's position is not enough,
 	// since a batch another instance applied first moves it before the local feed has
@@ -101,6 +103,17 @@ type CacheConfig struct {
 	Lease time.Duration
 	// MaxEntries bounds the cache (default 100,000 credentials).
 	MaxEntries int
+	// Peers, if set, tells whether this instance may take leases and whether it is alone
+	// (eventstore.Presence); nil: leases need no registration and every write waits.
+	Peers Peers
+}
+
+// Peers is the registry of the instances sharing the stream, as the cache sees it.
+type Peers interface {
+	// MayLease reports whether this instance may take a lease now.
+	MayLease() bool
+	// Alone reports whether no other instance can hold a lease now; false when unsure.
+	Alone() bool
 }
 
 // CacheProjection is what the cache needs from the projector.
@@ -328,6 +341,24 @@ func (c *CredentialCache) advance(seq uint64) {
 	c.observedMu.Unlock()
 }
 
+// waitObserved returns once every event up to seq has arrived.
+func (c *CredentialCache) waitObserved(ctx context.Context, seq uint64) error {
+	for c.observed.Load() < seq {
+		c.observedMu.Lock()
+		ch := c.observedCh
+		c.observedMu.Unlock()
+		if c.observed.Load() >= seq {
+			break
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // addsCredential lists the user events (by their subject's last token) that change nothing a
 // cached credential holds: they only add one. Every other event of a user drops its entries.
 var addsCredential = map[string]bool{
@@ -395,22 +426,15 @@ func (c *CredentialCache) renew(done chan struct{}) {
 			c.failed.Add(1)
 		}
 	}()
+	if c.cfg.Peers != nil && !c.cfg.Peers.MayLease() {
+		return // not registered (long enough) for writers to wait for this instance
+	}
 	head, err := c.cfg.Head(ctx)
 	if err != nil {
 		return
 	}
-	for c.observed.Load() < head {
-		c.observedMu.Lock()
-		ch := c.observedCh
-		c.observedMu.Unlock()
-		if c.observed.Load() >= head {
-			break
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return
-		}
+	if c.waitObserved(ctx, head) != nil {
+		return
 	}
 	if ok := c.dbOK.Load(); ok == 0 || t0.Nanoseconds()-ok > dbFresh.Nanoseconds() {
 		return // the database did not answer lately: reads must fail, not go on from memory
@@ -419,9 +443,18 @@ func (c *CredentialCache) renew(done chan struct{}) {
 	ok = true
 }
 
-// Fence waits until no instance can answer from an entry that a write acknowledged at acked
-// made stale: the commit wait of the lease rule.
-func (c *CredentialCache) Fence(ctx context.Context, acked time.Time) error {
+// Fence waits until no instance can answer from an entry that a write, stored at seq and
+// acknowledged at acked, made stale: the commit wait of the lease rule. An instance alone
+// (Peers) only makes sure its own entries are gone: the write's event has arrived here.
+func (c *CredentialCache) Fence(ctx context.Context, seq uint64, acked time.Time) error {
+	c.fences.Add(1)
+	if c.cfg.Peers != nil && c.cfg.Peers.Alone() {
+		if err := c.waitObserved(ctx, seq); err != nil {
+			return err
+		}
+		c.skipped.Add(1)
+		return nil
+	}
 	wait := time.Until(acked.Add(c.cfg.Lease))
 	if wait <= 0 {
 		return nil
@@ -444,6 +477,9 @@ type CacheStats struct {
 	Hits, Misses, Lapsed uint64
 	// Renewals of the lease were tried; Failed did not finish within a lease.
 	Renewals, Failed uint64
+	// Fences counts writes that asked for the commit wait; Skipped, those that did not wait
+	// because no other instance could hold a lease.
+	Fences, Skipped uint64
 }
 
 // Stats returns the cache's counters.
@@ -452,5 +488,5 @@ func (c *CredentialCache) Stats() CacheStats {
 	n := len(c.entries)
 	c.mu.Unlock()
 	return CacheStats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load(),
-		Renewals: c.renewals.Load(), Failed: c.failed.Load()}
+		Renewals: c.renewals.Load(), Failed: c.failed.Load(), Fences: c.fences.Load(), Skipped: c.skipped.Load()}
 }

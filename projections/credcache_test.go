@@ -333,7 +333,7 @@ func TestCredentialCache(t *testing.T) {
 func TestCredentialCacheFenceWaitsOutTheLease(t *testing.T) {
 	w := newCacheWorld(t, testBackends[1], 40*time.Millisecond)
 	acked := time.Now()
-	if err := w.cache.Fence(context.Background(), acked); err != nil {
+	if err := w.cache.Fence(context.Background(), 0, acked); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(acked); d < 40*time.Millisecond {
@@ -341,7 +341,64 @@ func TestCredentialCacheFenceWaitsOutTheLease(t *testing.T) {
 	}
 	// A write acknowledged long ago need not wait.
 	start := time.Now()
-	if err := w.cache.Fence(context.Background(), start.Add(-time.Second)); err != nil || time.Since(start) > 10*time.Millisecond {
+	if err := w.cache.Fence(context.Background(), 0, start.Add(-time.Second)); err != nil || time.Since(start) > 10*time.Millisecond {
 		t.Fatalf("fence for an old write waited %s (%v)", time.Since(start), err)
 	}
+}
+
+// fakePeers is a registry whose answers the test sets.
+type fakePeers struct{ mayLease, alone atomic.Bool }
+
+func (p *fakePeers) MayLease() bool { return p.mayLease.Load() }
+func (p *fakePeers) Alone() bool    { return p.alone.Load() }
+
+func TestCredentialCacheWithPeers(t *testing.T) {
+	w := newCacheWorld(t, testBackends[1], 5*time.Millisecond)
+	peers := &fakePeers{}
+	w.cache.cfg.Peers = peers
+	time.Sleep(10 * time.Millisecond) // the lease taken before peers were set ran out
+
+	t.Run("no lease while not registered", func(t *testing.T) {
+		for range 2 {
+			if _, err := w.lookup(t); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if s := w.cache.Stats(); s.Hits != 0 {
+			t.Fatalf("stats %+v, want no hit while the registry says no", s)
+		}
+		peers.mayLease.Store(true)
+		if _, err := w.lookup(t); err != nil {
+			t.Fatal(err)
+		}
+		if s := w.cache.Stats(); s.Hits != 1 {
+			t.Fatalf("stats %+v, want a hit once registered", s)
+		}
+	})
+
+	t.Run("the commit wait is skipped only when alone", func(t *testing.T) {
+		// A write acknowledged "in an hour" waits until its context ends, unless alone.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		if err := w.cache.Fence(ctx, 0, time.Now().Add(time.Hour)); err == nil {
+			t.Fatal("not alone: the fence did not wait")
+		}
+		peers.alone.Store(true)
+		if err := w.cache.Fence(context.Background(), w.head.Load(), time.Now().Add(time.Hour)); err != nil {
+			t.Fatalf("alone: the fence waited (%v)", err)
+		}
+		if s := w.cache.Stats(); s.Skipped != 1 {
+			t.Fatalf("stats %+v, want one skipped commit wait", s)
+		}
+		// Alone, it still waits for the write's event to arrive here (its own entries).
+		ctx2, cancel2 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel2()
+		if err := w.cache.Fence(ctx2, w.head.Load()+1, time.Now().Add(time.Hour)); err == nil {
+			t.Fatal("alone: the fence did not wait for the write's event to arrive")
+		}
+		w.proj.arrive(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"})
+		if err := w.cache.Fence(context.Background(), w.head.Load()+1, time.Now().Add(time.Hour)); err != nil {
+			t.Fatalf("alone, the event arrived: %v", err)
+		}
+	})
 }

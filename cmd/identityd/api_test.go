@@ -6,12 +6,14 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
@@ -245,12 +247,77 @@ func TestRevocationRacesReadsOnAnotherInstance(t *testing.T) {
 	t.Run("the other instance lagging", func(t *testing.T) { revocationRace(t, 25*time.Millisecond) })
 }
 
+// TestCommitWaitCoversAStalledInstance: instance B holds a long lease and answers a token from
+// memory; its feed then stalls for 150ms right before the token's revocation on A arrives. A's
+// answer to the revocation must wait out B's lease: no request to B that starts after it may
+// succeed. (Without the commit wait, B answers 200 from its lease for up to 150ms more.)
+func TestCommitWaitCoversAStalledInstance(t *testing.T) {
+	e := postgresEnv(t)
+	long := func(c *config) {
+		c.CacheLease = 200 * time.Millisecond
+		c.Presence = eventstore.PresenceConfig{TTL: 3 * time.Second, Refresh: 300 * time.Millisecond, Grace: time.Second,
+			Margin: 500 * time.Millisecond, ViewEvery: 100 * time.Millisecond, Timeout: 200 * time.Millisecond}
+	}
+	a, b := e.startWith(long), e.startWith(long)
+	var stall atomic.Bool
+	b.app.projector.OnArrival(func(ar projections.Arrival) {
+		if strings.HasSuffix(ar.Subject, ".token_created") && stall.CompareAndSwap(true, false) {
+			time.Sleep(150 * time.Millisecond) // the next event reaches B's cache this much later
+		}
+	})
+	waitFor(t, 10*time.Second, func() bool { return b.app.presence.MayLease() && !a.app.presence.Alone() })
+	session, _ := signUp(t, a.url, "lamport@example.com", "Leslie")
+	other, _ := signUp(t, a.url, "lynch@example.com", "Nancy")
+	for round := 0; round < 3; round++ {
+		res := call(t, a.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
+		mustStatus(t, res, 201)
+		secret := res.json(t)["token"].(string)
+		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
+		for range 3 { // cached on B, under a lease
+			mustStatus(t, call(t, b.url, "GET", "/api/v0/user", secret, nil), 200)
+		}
+		stall.Store(true)
+		// An event B stalls after (a token created needs no commit wait), then the revocation.
+		mustStatus(t, call(t, a.url, "POST", "/api/v0/user/api-tokens", other, map[string]any{"description": "x"}), 201)
+		mustStatus(t, call(t, a.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		for i := 0; i < 20; i++ {
+			if r := call(t, b.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
+				t.Fatalf("round %d: B answered %d to the revoked token after A answered the revocation", round, r.Status)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(200 * time.Millisecond) // B catches up before the next round
+	}
+}
+
+// TestCommitWaitOnlyWithOtherInstances: an instance alone skips the commit wait of a rename;
+// once a second instance is registered, it waits again.
+func TestCommitWaitOnlyWithOtherInstances(t *testing.T) {
+	e := postgresEnv(t)
+	a := e.start()
+	waitFor(t, 5*time.Second, func() bool { return a.app.presence.MayLease() && a.app.presence.Alone() })
+	session, _ := signUp(t, a.url, "hopper@example.com", "Grace")
+	mustStatus(t, call(t, a.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace H."}), 200)
+	if s := a.app.cache.Stats(); s.Fences != 1 || s.Skipped != 1 {
+		t.Fatalf("alone: cache stats %+v, want the one commit wait skipped", s)
+	}
+	b := e.start()
+	waitFor(t, 5*time.Second, func() bool { return !a.app.presence.Alone() })
+	mustStatus(t, call(t, a.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace Hopper"}), 200)
+	if s := a.app.cache.Stats(); s.Fences != 2 || s.Skipped != 1 {
+		t.Fatalf("with a second instance: cache stats %+v, want the commit wait kept", s)
+	}
+	mustStatus(t, call(t, b.url, "GET", "/api/v0/user", session, nil), 200)
+}
+
 func revocationRace(t *testing.T, lag time.Duration) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
 	if lag > 0 {
 		b.app.projector.OnArrival(func(projections.Arrival) { time.Sleep(lag) })
 	}
+	// B answers from memory only once registered, and A then waits for it on every revocation.
+	waitFor(t, 5*time.Second, func() bool { return b.app.presence.MayLease() && !a.app.presence.Alone() })
 	session, _ := signUp(t, a.url, "liskov@example.com", "Barbara")
 	for round := 0; round < 10; round++ {
 		res := call(t, a.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})

@@ -32,6 +32,8 @@ type app struct {
 	db        *bun.DB
 	pingDB    *bun.DB                      // one connection of its own for the cache lease's check
 	cache     *projections.CredentialCache // nil when turned off
+	presence  *eventstore.Presence         // registers this instance for cache leases; nil with the cache off
+	lease     time.Duration                // the cache's lease
 	nc        *nats.Conn
 	ns        *server.Server // nil with an external NATS
 	logger    *slog.Logger
@@ -97,10 +99,15 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		if a.pingDB, err = projections.OpenDB(ctx, projections.DBConfig{URL: dbURL, MaxOpenConns: 1}); err != nil {
 			return nil, err
 		}
+		a.lease = cfg.CacheLease
+		if a.presence, err = eventstore.OpenPresence(ctx, presenceConfig(cfg, a.nc, store.StreamConfig().Replicas)); err != nil {
+			return nil, err
+		}
 		// Before the projector runs, so the cache sees every batch.
 		a.cache, err = projections.NewCredentialCache(projections.CacheConfig{ //nolint:contextcheck // its health check lives until close, not for this call
 			ReadModel: rm, Head: store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
-			Ping: func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
+			Peers: a.presence,
+			Ping:  func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
 		})
 		if err != nil {
 			return nil, err
@@ -151,6 +158,18 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	return a, nil
 }
 
+// presenceConfig is the instance registry's configuration: the test timings if set, else
+// the defaults, stretched for a lease over 100ms (the margin must cover a lease many times).
+func presenceConfig(cfg config, nc *nats.Conn, replicas int) eventstore.PresenceConfig {
+	p := cfg.Presence
+	p.Conn, p.Replicas = nc, replicas
+	if p.Margin <= 0 && cfg.CacheLease > 100*time.Millisecond {
+		p.Margin = 10 * cfg.CacheLease
+		p.TTL, p.Grace = p.Margin+9*time.Second, p.Margin+2*time.Second
+	}
+	return p
+}
+
 // close stops the instance in dependency order; it tolerates a partly started app.
 func (a *app) close() {
 	if a.cancel != nil {
@@ -166,6 +185,9 @@ func (a *app) close() {
 	}
 	if a.usage != nil {
 		a.usage.Close()
+	}
+	if a.presence != nil {
+		a.presence.Close(a.lease) // no new lease from here; others stop waiting for this instance
 	}
 	if a.cache != nil {
 		a.cache.Close()

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/identityd/identityd/events/eventstore"
 )
 
 // config is everything identityd can be told. Each setting is an environment variable with a
@@ -33,6 +35,9 @@ type config struct {
 	AdminEmails    []string
 	TrustedProxies []string
 	DebugAddr      string
+	// Presence holds the timings of the instance registry (eventstore.PresenceConfig); not a
+	// setting: zero takes the defaults, tests shorten them.
+	Presence eventstore.PresenceConfig
 }
 
 // setting describes one configuration variable for flags, env and --help.

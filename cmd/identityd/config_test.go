@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -81,5 +83,19 @@ func TestHelpNeverPrintsSecrets(t *testing.T) {
 	c, err := loadConfig(nil, func(k string) string { return env[k] }, &bytes.Buffer{})
 	if err != nil || len(c.SecretKey) != 32 || c.DatabaseURL != env["IDENTITYD_DATABASE_URL"] {
 		t.Fatalf("environment not applied: %+v %v", c, err)
+	}
+}
+
+// TestPresenceConfigFitsEveryLease: whatever lease is set, the registry's timings validate and
+// keep a margin of at least ten leases.
+func TestPresenceConfigFitsEveryLease(t *testing.T) {
+	for _, lease := range []time.Duration{time.Millisecond, 15 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, time.Second, 10 * time.Second} {
+		p := presenceConfig(config{CacheLease: lease}, &nats.Conn{}, 1).WithDefaults()
+		if err := p.Validate(); err != nil {
+			t.Errorf("lease %s: %v", lease, err)
+		}
+		if p.Margin < 10*lease {
+			t.Errorf("lease %s: margin %s, want at least ten leases", lease, p.Margin)
+		}
 	}
 }

@@ -83,8 +83,15 @@ type instance struct {
 
 func (e *env) start() *instance {
 	e.t.Helper()
+	return e.startWith(func(*config) {})
+}
+
+// startWith starts an instance with the test configuration as edit changed it.
+func (e *env) startWith(edit func(*config)) *instance {
+	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
 	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
+	edit(&cfg)
 	return startInstance(e.t, cfg, nil)
 }
 
@@ -96,6 +103,9 @@ func testConfig(t testing.TB, natsURL, dbURL string) config {
 		DatabaseURL: dbURL, SecretKey: bytes.Repeat([]byte{7}, 32), LogLevel: slog.LevelWarn,
 		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
 		CacheLease: 10 * time.Millisecond, CacheEntries: 100_000, // the defaults
+		// The registry's defaults scaled down tenfold, so an instance takes leases after 300ms.
+		Presence: eventstore.PresenceConfig{TTL: time.Second, Refresh: 200 * time.Millisecond, Grace: 300 * time.Millisecond,
+			Margin: 100 * time.Millisecond, ViewEvery: 50 * time.Millisecond, Timeout: 100 * time.Millisecond},
 	}
 }
 
@@ -339,4 +349,14 @@ func newRequest(base, method, path, token string, body any, headers ...string) (
 		req.Header.Set(headers[i], headers[i+1])
 	}
 	return req, nil
+}
+
+// waitFor polls cond every few milliseconds until it holds, failing the test after d.
+func waitFor(t testing.TB, d time.Duration, cond func() bool) {
+	t.Helper()
+	for end := time.Now().Add(d); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("condition not met within %s", d)
+		}
+	}
 }

@@ -78,7 +78,7 @@ func (a *API) settleChange(c *gin.Context, seq uint64) bool {
 	}
 	ctx, cancel := context.WithTimeout(c.Request.Context(), a.cfg.ConsistencyTimeout)
 	defer cancel()
-	if err := a.cfg.Fence.Fence(ctx, acked); err != nil {
+	if err := a.cfg.Fence.Fence(ctx, seq, acked); err != nil {
 		c.Header("Identityd-Read-Model", "lagging")
 		return false
 	}
