@@ -44,7 +44,7 @@ type app struct {
 // newApp starts everything but the HTTP listener.
 func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err error) {
 	a := &app{logger: logger}
-	defer func() {
+	defer func() { //nolint:contextcheck // tearing down a failed start: each close bounds its own requests
 		if err != nil {
 			a.close()
 		}

@@ -155,7 +155,7 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 	p.viewAt.Store(-1)
 	p.register(ctx)
 	p.view(ctx)
-	go p.run()
+	go p.run() //nolint:gosec,contextcheck // the registration lives until Close, not for the opening call; each request has its own timeout
 	return p, nil
 }
 

@@ -437,7 +437,7 @@ func waitStreamLeader(ctx context.Context, js jetstream.JetStream, name string) 
 			}
 		}
 		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("stream %s has no leader: %v", name, err)
+			return fmt.Errorf("stream %s has no leader: %w", name, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
