@@ -205,12 +205,15 @@ func (p *Presence) register(ctx context.Context) {
 	if _, err := p.request(ctx, presenceRoot+"."+p.id, []byte(`{}`)); err != nil {
 		return
 	}
-	lapsed := p.joined.Load() < 0 || sent-p.lastSent.Load() >= (p.cfg.TTL-p.cfg.Margin).Nanoseconds()
+	// Continuous only if this one was stored (before its ack, now) while the previous one,
+	// stored after lastSent, had not expired yet.
+	acked := p.now()
+	lapsed := p.joined.Load() < 0 || acked-p.lastSent.Load() >= (p.cfg.TTL-p.cfg.Margin).Nanoseconds()
 	p.lastSent.Store(sent)
 	if lapsed {
 		// The registration may have expired meanwhile, and others dropped this instance from
 		// their views: start again, from when this one is surely stored.
-		p.joined.Store(p.now())
+		p.joined.Store(acked)
 	}
 }
 
