@@ -103,7 +103,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		if a.presence, err = eventstore.OpenPresence(ctx, presenceConfig(cfg, a.nc, store.StreamConfig().Replicas)); err != nil {
 			return nil, err
 		}
-		// Before the projector runs, so the cache sees every batch.
+		// Before the projector runs, so the cache sees every event arrive.
 		a.cache, err = projections.NewCredentialCache(projections.CacheConfig{ //nolint:contextcheck // its health check lives until close, not for this call
 			ReadModel: rm, Head: store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
 			Peers: a.presence,
