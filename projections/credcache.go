@@ -296,7 +296,7 @@ func (c *CredentialCache) arrive(a Arrival) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if a.Subject == "" { // the feed (re)starts after a.Seq
+	if a.Restart { // the feed (re)starts after a.Seq
 		if a.Seq > c.observed.Load() {
 			// Events up to a.Seq were applied by another instance without arriving here:
 			// nothing cached before can be trusted.

@@ -301,7 +301,7 @@ func TestCredentialCache(t *testing.T) {
 				pos := w.proj.pos
 				w.proj.mu.Unlock()
 				for _, f := range w.proj.fns {
-					f(Arrival{Seq: pos})
+					f(Arrival{Seq: pos, Restart: true})
 				}
 				w.head.Store(pos)
 				w.cache.store(cacheKey{digest: w.tok.Digest}, cred, resets) // a read begun before

@@ -75,11 +75,12 @@ type Projector struct {
 
 // Arrival is a notice from the projector's feed, in stream order: the event at Seq, stored
 // under Subject, has arrived — it is not decoded or applied yet, and every event before it
-// arrived first; or, with an empty Subject, the feed (re)starts after Seq, the read model's
+// arrived first; or, with Restart, the feed (re)starts after Seq, the read model's
 // checkpoint, and the events up to it were applied without arriving here.
 type Arrival struct {
 	Seq     uint64
 	Subject string
+	Restart bool
 }
 
 // OnArrival registers f to see every Arrival, including events another instance already

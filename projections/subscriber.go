@@ -89,7 +89,7 @@ func (s *streamSubscriber) Subscribe(ctx context.Context, topic string) (<-chan 
 		return nil, fmt.Errorf("read checkpoint: %w", err)
 	}
 	if s.arrived != nil {
-		s.arrived(Arrival{Seq: pos})
+		s.arrived(Arrival{Seq: pos, Restart: true})
 	}
 	in := make(chan rawEvent, 4*s.maxBatch)
 	f := &feed{s: s, topic: topic, in: in}

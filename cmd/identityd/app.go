@@ -100,7 +100,11 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 			return nil, err
 		}
 		a.lease = cfg.CacheLease
-		if a.presence, err = eventstore.OpenPresence(ctx, presenceConfig(cfg, a.nc, store.StreamConfig().Replicas)); err != nil {
+		pcfg := presenceConfig(cfg, a.nc, store.StreamConfig().Replicas)
+		if m := pcfg.WithDefaults().Margin; m <= 2*cfg.CacheLease {
+			return nil, fmt.Errorf("instance registry margin %s must exceed twice the cache lease %s", m, cfg.CacheLease)
+		}
+		if a.presence, err = eventstore.OpenPresence(ctx, pcfg); err != nil {
 			return nil, err
 		}
 		// Before the projector runs, so the cache sees every event arrive.

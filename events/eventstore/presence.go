@@ -23,10 +23,14 @@ import (
 //     acknowledged at least Grace ago, and its last one was sent less than TTL-Margin ago
 //     (MayLease). A registration that comes after a lapse counts as a first one.
 //   - Registrations expire TTL after the server stored them (the stream's MaxAge), so a
-//     registration still valid for its instance is always in the stream.
-//   - Every ViewEvery an instance asks the stream leader which subjects the stream holds. The
-//     view is a list of the instances registered when the question was sent, or earlier.
-//   - Alone is true while the last view, asked less than Grace-Margin ago, holds no other
+//     registration still valid for its instance is in the stream.
+//   - Every ViewEvery an instance asks the stream's leader (a reply from a replica while the
+//     stream has no leader is refused) which subjects the stream holds. The view lists the
+//     instances registered when the question was sent, or earlier. An instance once seen
+//     counts as present until a whole TTL, on this instance's own clock, after the first view
+//     without it — unless it recorded its departure (Close) — so an early expiry on a server
+//     whose clock stepped does not make it disappear.
+//   - Alone is true while the last view, asked less than Grace-Margin ago, counts no other
 //     instance. Any instance whose registration was stored before the view was asked is in it;
 //     one stored later waits Grace before its first lease, longer than the view stays valid,
 //     so by then this instance asks again and sees it. A write whose commit wait is skipped
@@ -34,7 +38,8 @@ import (
 //     before its append (which would be stale) and is still using it.
 //
 // Intervals are measured on each instance's monotonic clock; Margin absorbs the leases still
-// running (a few milliseconds) and the difference in clock rates. Deleting or purging the
+// running (a few milliseconds) and the difference in clock rates. The registry's TTL is set
+// by the instance that creates the stream; the others adopt it. Deleting or purging the
 // stream by hand while instances run breaks the rule: do not.
 type Presence struct {
 	cfg PresenceConfig
@@ -45,7 +50,13 @@ type Presence struct {
 	joined   atomic.Int64 // ns since base at which the current registration began (acked); -1: none
 	lastSent atomic.Int64 // ns since base at which the last acknowledged registration was sent
 	viewAt   atomic.Int64 // ns since base at which the last view was asked; -1: none
-	others   atomic.Int64 // other instances in the last view
+	others   atomic.Int64 // other instances counted present after the last view
+
+	// absentSince is, per other instance seen, when the first view that no longer listed it
+	// was asked (0 while listed). An instance counts as present until TTL after that on this
+	// instance's clock, so an early expiry on the server (its clock stepped) cannot make this
+	// one think itself alone while the other still leases. Touched by view only.
+	absentSince map[string]int64
 
 	stop      chan struct{}
 	done      chan struct{}
@@ -57,11 +68,12 @@ type PresenceConfig struct {
 	// Conn is the NATS connection (required).
 	Conn *nats.Conn
 	// Stream is the registry's stream (default IDENTITY_INSTANCES, subjects
-	// identity_instances.<id>).
+	// identity_instances.>).
 	Stream string
 	// Replicas of the registry stream (default 1); use the event stream's.
 	Replicas int
-	// TTL is how long a registration lasts on the server (default 10s).
+	// TTL is how long a registration lasts on the server (default 10s); an existing registry's
+	// own setting wins.
 	TTL time.Duration
 	// Refresh is how often an instance registers again (default 2s).
 	Refresh time.Duration
@@ -123,8 +135,13 @@ func (c PresenceConfig) Validate() error {
 	return nil
 }
 
-// presenceRoot is the subject prefix of registrations; it is outside the event stream's.
-const presenceRoot = "identity_instances"
+// Subjects of the registry, outside the event stream's: identity_instances.up.<id> holds an
+// instance's registration, identity_instances.left.<id> says it stopped taking leases.
+const (
+	presenceRoot = "identity_instances"
+	upPrefix     = presenceRoot + ".up."
+	leftPrefix   = presenceRoot + ".left."
+)
 
 // OpenPresence creates the registry stream if needed, registers this instance and starts
 // refreshing its registration and reading the registry until Close.
@@ -137,20 +154,35 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	// Created once; an existing registry keeps its settings, and its TTL is the one every
+	// instance must go by (a later instance must not shorten it under the others).
+	st, err := js.CreateStream(ctx, jetstream.StreamConfig{
 		Name:              cfg.Stream,
 		Description:       "identityd instances registered to take credential-cache leases",
-		Subjects:          []string{presenceRoot + ".*"},
+		Subjects:          []string{presenceRoot + ".>"},
 		Storage:           jetstream.FileStorage,
 		Replicas:          cfg.Replicas,
 		MaxAge:            cfg.TTL,
 		MaxMsgsPerSubject: 1,
 		Discard:           jetstream.DiscardOld,
-	}); err != nil {
+	})
+	if errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		st, err = js.Stream(ctx, cfg.Stream)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("presence stream: %w", err)
 	}
+	if ttl := st.CachedInfo().Config.MaxAge; ttl != cfg.TTL {
+		if ttl <= 0 {
+			return nil, fmt.Errorf("presence stream %s has no MaxAge: registrations would never expire", cfg.Stream)
+		}
+		cfg.TTL = ttl
+		if err := cfg.Validate(); err != nil {
+			return nil, fmt.Errorf("presence stream %s expires registrations after %s: %w", cfg.Stream, ttl, err)
+		}
+	}
 	p := &Presence{cfg: cfg, id: uuid.NewString(), nc: cfg.Conn, base: time.Now(),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		stop: make(chan struct{}), done: make(chan struct{}), absentSince: map[string]int64{}}
 	p.joined.Store(-1)
 	p.viewAt.Store(-1)
 	p.register(ctx)
@@ -202,7 +234,7 @@ func (p *Presence) register(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	sent := p.now()
-	if _, err := p.request(ctx, presenceRoot+"."+p.id, []byte(`{}`)); err != nil {
+	if _, err := p.request(ctx, upPrefix+p.id, []byte(`{}`)); err != nil {
 		return
 	}
 	// Continuous only if this one was stored (before its ack, now) while the previous one,
@@ -222,7 +254,7 @@ func (p *Presence) view(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	asked := p.now()
-	req, _ := json.Marshal(map[string]string{"subjects_filter": presenceRoot + ".*"})
+	req, _ := json.Marshal(map[string]string{"subjects_filter": presenceRoot + ".>"})
 	m, err := p.request(ctx, "$JS.API.STREAM.INFO."+p.cfg.Stream, req)
 	if err != nil {
 		return
@@ -236,18 +268,39 @@ func (p *Presence) view(ctx context.Context) {
 			// NumSubjects counts every subject even when the list is cut short.
 			NumSubjects int `json:"num_subjects"`
 		} `json:"state"`
+		Cluster *clusterInfo `json:"cluster"`
 	}
-	if json.Unmarshal(m.Data, &resp) != nil || resp.Error != nil || resp.State == nil {
-		return
+	if json.Unmarshal(m.Data, &resp) != nil || resp.Error != nil || resp.State == nil || !resp.Cluster.fromLeader() {
+		return // no view: Alone turns false once the last one is too old
 	}
-	others := int64(0)
+	listed, left := map[string]bool{}, map[string]bool{}
 	for subj := range resp.State.Subjects {
-		if subj != presenceRoot+"."+p.id {
-			others++
+		switch {
+		case strings.HasPrefix(subj, leftPrefix):
+			left[strings.TrimPrefix(subj, leftPrefix)] = true
+		case strings.HasPrefix(subj, upPrefix) && subj != upPrefix+p.id:
+			id := strings.TrimPrefix(subj, upPrefix)
+			listed[id] = true
+			p.absentSince[id] = 0
 		}
 	}
+	others := int64(len(listed))
 	if n := int64(resp.State.NumSubjects); n > int64(len(resp.State.Subjects)) {
-		others += n - int64(len(resp.State.Subjects))
+		others += n - int64(len(resp.State.Subjects)) // a list cut short: unknown others
+	}
+	for id, since := range p.absentSince {
+		switch {
+		case listed[id]:
+		case left[id]:
+			delete(p.absentSince, id) // it said it stopped taking leases
+		case since == 0:
+			p.absentSince[id] = asked
+			others++
+		case asked-since < p.cfg.TTL.Nanoseconds():
+			others++
+		default:
+			delete(p.absentSince, id) // gone for a whole TTL on this clock
+		}
 	}
 	p.others.Store(others)
 	p.viewAt.Store(asked)
@@ -260,31 +313,38 @@ func (p *Presence) request(ctx context.Context, subj string, body []byte) (*nats
 	if err != nil {
 		return nil, err
 	}
-	if strings.HasPrefix(subj, presenceRoot+".") {
+	if strings.HasPrefix(subj, presenceRoot+".") { // a registration or a departure
+		// Only the registry stream's acknowledgement counts: any other responder on the
+		// subject would make this instance believe it is registered while nobody sees it.
 		var ack struct {
-			Error *struct {
+			Stream string `json:"stream"`
+			Seq    uint64 `json:"seq"`
+			Error  *struct {
 				Desc string `json:"description"`
 			} `json:"error"`
 		}
-		if json.Unmarshal(m.Data, &ack) != nil || ack.Error != nil {
-			return nil, errors.New("eventstore: presence registration refused")
+		if json.Unmarshal(m.Data, &ack) != nil || ack.Error != nil || ack.Stream != p.cfg.Stream || ack.Seq == 0 {
+			return nil, errors.New("eventstore: presence registration not acknowledged by its stream")
 		}
 	}
 	return m, nil
 }
 
-// Close stops registering; after the leases in flight ran out it removes the registration,
-// so the other instances stop waiting for this one at once. lease is the credential cache's
-// lease: the caller has stopped taking leases before calling Close.
+// Close stops registering; after the leases in flight ran out it records its departure and
+// removes its registration, so the other instances stop waiting for this one at once. lease
+// is the credential cache's lease.
 func (p *Presence) Close(lease time.Duration) {
 	p.closeOnce.Do(func() {
 		close(p.stop)
 		<-p.done
-		p.joined.Store(-1)
-		time.Sleep(lease)
+		p.joined.Store(-1) // no new lease from here
+		time.Sleep(lease)  // the last one ran out
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.Timeout)
 		defer cancel()
-		req, _ := json.Marshal(map[string]string{"filter": presenceRoot + "." + p.id})
+		if _, err := p.request(ctx, leftPrefix+p.id, []byte(`{}`)); err != nil {
+			return // the others count this instance present until its registration is TTL gone
+		}
+		req, _ := json.Marshal(map[string]string{"filter": upPrefix + p.id})
 		_, _ = p.nc.RequestWithContext(ctx, "$JS.API.STREAM.PURGE."+p.cfg.Stream, req)
 	})
 }

@@ -127,6 +127,30 @@ func TestPresence(t *testing.T) {
 	})
 }
 
+func TestPresenceNotAloneWithoutFreshViews(t *testing.T) {
+	_, srv := eventstoretest.Start(t, embedded.Config{})
+	nc := connect(t, srv.ClientURL())
+	p := openPresence(t, nc)
+	if !p.Alone() {
+		t.Fatal("a lone instance is not alone")
+	}
+	nc.Close() // no more views
+	// Grace - Margin = 500ms after the last view at most.
+	if !waitUntil(time.Second, func() bool { return !p.Alone() }) {
+		t.Fatal("still alone a second after its views stopped")
+	}
+}
+
+func TestPresenceAdoptsTheRegistrysTTL(t *testing.T) {
+	_, srv := eventstoretest.Start(t, embedded.Config{})
+	openPresence(t, connect(t, srv.ClientURL())) // creates the registry with a 1.5s TTL
+	// Timings that fit a 10s TTL but not the registry's 1.5s: refused, not silently unsafe.
+	cfg := eventstore.PresenceConfig{Conn: connect(t, srv.ClientURL()), TTL: 10 * time.Second}
+	if _, err := eventstore.OpenPresence(context.Background(), cfg); err == nil {
+		t.Fatal("timings that do not fit the registry's TTL were accepted")
+	}
+}
+
 func TestPresenceDefaults(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
 	p, err := eventstore.OpenPresence(context.Background(), eventstore.PresenceConfig{Conn: connect(t, srv.ClientURL())})

@@ -430,7 +430,8 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 		State *struct {
 			LastSeq uint64 `json:"last_seq"`
 		} `json:"state"`
-		Error *struct {
+		Cluster *clusterInfo `json:"cluster"`
+		Error   *struct {
 			Desc string `json:"description"`
 		} `json:"error"`
 	}
@@ -442,9 +443,23 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("%w: stream info: %s", domain.ErrUnavailable, resp.Error.Desc)
 	case resp.State == nil:
 		return 0, errors.New("eventstore: stream info reply without a state")
+	case !resp.Cluster.fromLeader():
+		return 0, fmt.Errorf("%w: stream info from a replica while the stream has no leader", domain.ErrUnavailable)
 	}
 	return resp.State.LastSeq, nil
 }
+
+// clusterInfo is the cluster part of a stream info reply.
+type clusterInfo struct {
+	Leader string `json:"leader"`
+}
+
+// fromLeader reports whether a stream info reply came from the stream's leader. While a
+// replicated stream has no leader, every replica answers stream info from its own state,
+// which may lag; those replies name no leader. (A standalone server names itself.) A leader
+// cut off by a partition may still answer as leader until it notices, which takes an election
+// timeout: a known limit of reading from NATS without a write.
+func (c *clusterInfo) fromLeader() bool { return c == nil || c.Leader != "" }
 
 // apiRequest sends a JetStream API request about the stream ($JS.API.<api>.<stream>) and
 // returns the reply, within the store's timeout; ErrUnavailable when NATS cannot be asked.
