@@ -148,12 +148,13 @@ type cacheKey struct {
 }
 
 type seenEvent struct {
-	seq uint64
-	at  time.Time
+	seq     uint64
+	applied time.Time // when a pruning pass first found it in the read model (zero: not yet)
 }
 
-// seenFor is how long the last event of a user is remembered once the read model has applied
-// it: longer than any database read that could race with it (the driver's read timeout is 10s).
+// seenFor is how long the last event of a user is remembered once the read model is known to
+// have applied it: longer than any database read that could race with it (the driver's read
+// timeout is 10s).
 const seenFor = 30 * time.Second
 
 // NewCredentialCache returns a cache registered with the projection. Create it before the
@@ -308,7 +309,7 @@ func (c *CredentialCache) arrive(a Arrival) {
 		return
 	}
 	if id, kind, ok := userEventOf(a.Subject); ok {
-		c.seen[id] = seenEvent{seq: a.Seq, at: now}
+		c.seen[id] = seenEvent{seq: a.Seq}
 		if !addsCredential[kind] {
 			for _, k := range c.byUser[id] {
 				delete(c.entries, k)
@@ -322,9 +323,15 @@ func (c *CredentialCache) arrive(a Arrival) {
 	if now.After(c.pruneAt) {
 		applied := c.cfg.Projection.Position()
 		for id, s := range c.seen {
-			// An event is forgotten only once the read model has it: until then a database
-			// read of its user would be older, however long the projector takes.
-			if s.seq <= applied && now.Sub(s.at) > seenFor {
+			// An event is forgotten only seenFor after the read model is known to have it:
+			// until then a database read of its user could be older, however long the
+			// projector took.
+			switch {
+			case s.seq > applied:
+			case s.applied.IsZero():
+				s.applied = now
+				c.seen[id] = s
+			case now.Sub(s.applied) > seenFor:
 				delete(c.seen, id)
 			}
 		}

@@ -254,20 +254,38 @@ func TestCredentialCache(t *testing.T) {
 				w := newCacheWorld(t, b, time.Minute)
 				batch := w.proj.arrive(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"})
 				w.head.Store(batch[0].Sequence)
-				// Long after: pruning runs, but the rename is not in the read model yet.
-				w.cache.mu.Lock()
-				s := w.cache.seen[w.user]
-				s.at = s.at.Add(-2 * seenFor)
-				w.cache.seen[w.user] = s
-				w.cache.pruneAt = time.Time{}
-				w.cache.mu.Unlock()
-				w.proj.arrive(registered(uuid.New(), "Other")) // an arrival runs the pruning
-				if c, err := w.lookup(t); err != nil || c.User.Name != "Ada" {
-					t.Fatalf("lookup before the rename is applied: %+v, %v", c, err)
+				prune := func() {
+					w.cache.mu.Lock()
+					w.cache.pruneAt = time.Time{}
+					w.cache.mu.Unlock()
+					w.proj.arrive(registered(uuid.New(), "Other")) // an arrival runs the pruning
+				}
+				// Pruning runs while the rename is not in the read model yet.
+				prune()
+				stale, err := w.lookup(t)
+				if err != nil || stale.User.Name != "Ada" {
+					t.Fatalf("lookup before the rename is applied: %+v, %v", stale, err)
 				}
 				w.proj.apply(batch)
+				// Pruning right after the apply must not forget the rename either: a database
+				// read begun before the apply may still be on its way.
+				prune()
+				w.cache.store(cacheKey{digest: w.tok.Digest}, stale, w.cache.resets.Load())
 				if c, err := w.lookup(t); err != nil || c.User.Name != "Grace" {
 					t.Fatalf("the old name was kept: %+v, %v", c, err)
+				}
+				// seenFor after a pass found it applied, it is forgotten.
+				w.cache.mu.Lock()
+				s := w.cache.seen[w.user]
+				s.applied = s.applied.Add(-2 * seenFor)
+				w.cache.seen[w.user] = s
+				w.cache.mu.Unlock()
+				prune()
+				w.cache.mu.Lock()
+				_, kept := w.cache.seen[w.user]
+				w.cache.mu.Unlock()
+				if kept {
+					t.Fatal("an event applied long ago is still remembered")
 				}
 			})
 

@@ -191,9 +191,6 @@ func OpenPresence(ctx context.Context, cfg PresenceConfig) (*Presence, error) {
 	return p, nil
 }
 
-// ID is this instance's id in the registry.
-func (p *Presence) ID() string { return p.id }
-
 func (p *Presence) now() int64 { return time.Since(p.base).Nanoseconds() }
 
 // MayLease reports whether this instance may take a credential-cache lease now.
