@@ -436,15 +436,15 @@ func (c *CredentialCache) renew(done chan struct{}) {
 	if c.cfg.Peers != nil && !c.cfg.Peers.MayLease() {
 		return // not registered (long enough) for writers to wait for this instance
 	}
+	if ok := c.dbOK.Load(); ok == 0 || t0.Nanoseconds()-ok > dbFresh.Nanoseconds() {
+		return // the database did not answer lately (or the cache closed): no need to ask NATS
+	}
 	head, err := c.cfg.Head(ctx)
 	if err != nil {
 		return
 	}
 	if c.waitObserved(ctx, head) != nil {
 		return
-	}
-	if ok := c.dbOK.Load(); ok == 0 || t0.Nanoseconds()-ok > dbFresh.Nanoseconds() {
-		return // the database did not answer lately: reads must fail, not go on from memory
 	}
 	c.leaseEnd.Store((t0 + c.cfg.Lease).Nanoseconds())
 	ok = true

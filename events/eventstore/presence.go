@@ -231,7 +231,7 @@ func (p *Presence) register(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.Timeout)
 	defer cancel()
 	sent := p.now()
-	if _, err := p.request(ctx, upPrefix+p.id, []byte(`{}`)); err != nil {
+	if err := p.publish(ctx, upPrefix+p.id); err != nil {
 		return
 	}
 	// Continuous only if this one was stored (before its ack, now) while the previous one,
@@ -252,7 +252,7 @@ func (p *Presence) view(ctx context.Context) {
 	defer cancel()
 	asked := p.now()
 	req, _ := json.Marshal(map[string]string{"subjects_filter": presenceRoot + ".>"})
-	m, err := p.request(ctx, "$JS.API.STREAM.INFO."+p.cfg.Stream, req)
+	m, err := p.nc.RequestWithContext(ctx, "$JS.API.STREAM.INFO."+p.cfg.Stream, req)
 	if err != nil {
 		return
 	}
@@ -303,28 +303,25 @@ func (p *Presence) view(ctx context.Context) {
 	p.viewAt.Store(asked)
 }
 
-// request publishes to subj (a registration) or asks the JetStream API, and checks for an
-// error reply.
-func (p *Presence) request(ctx context.Context, subj string, body []byte) (*nats.Msg, error) {
-	m, err := p.nc.RequestWithContext(ctx, subj, body)
+// publish stores a registration or a departure and checks that the registry stream
+// acknowledged it: any other responder on the subject would make this instance believe it is
+// registered while nobody sees it.
+func (p *Presence) publish(ctx context.Context, subj string) error {
+	m, err := p.nc.RequestWithContext(ctx, subj, []byte(`{}`))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if strings.HasPrefix(subj, presenceRoot+".") { // a registration or a departure
-		// Only the registry stream's acknowledgement counts: any other responder on the
-		// subject would make this instance believe it is registered while nobody sees it.
-		var ack struct {
-			Stream string `json:"stream"`
-			Seq    uint64 `json:"seq"`
-			Error  *struct {
-				Desc string `json:"description"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(m.Data, &ack) != nil || ack.Error != nil || ack.Stream != p.cfg.Stream || ack.Seq == 0 {
-			return nil, errors.New("eventstore: presence registration not acknowledged by its stream")
-		}
+	var ack struct {
+		Stream string `json:"stream"`
+		Seq    uint64 `json:"seq"`
+		Error  *struct {
+			Desc string `json:"description"`
+		} `json:"error"`
 	}
-	return m, nil
+	if json.Unmarshal(m.Data, &ack) != nil || ack.Error != nil || ack.Stream != p.cfg.Stream || ack.Seq == 0 {
+		return errors.New("eventstore: presence message not acknowledged by its stream")
+	}
+	return nil
 }
 
 // Close stops registering; after the leases in flight ran out it records its departure and
@@ -338,7 +335,7 @@ func (p *Presence) Close(lease time.Duration) {
 		time.Sleep(lease)  // the last one ran out
 		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.Timeout)
 		defer cancel()
-		if _, err := p.request(ctx, leftPrefix+p.id, []byte(`{}`)); err != nil {
+		if err := p.publish(ctx, leftPrefix+p.id); err != nil {
 			return // the others count this instance present until its registration is TTL gone
 		}
 		req, _ := json.Marshal(map[string]string{"filter": upPrefix + p.id})
