@@ -21,10 +21,13 @@ import (
 //   - Invalidation. The projector's feed tells the cache of every event as soon as it arrives,
 //     before it is decoded or applied (Projector.OnArrival); an event of a user drops that
 //     user's entries, except one that only adds a credential (a token created, a session
-//     started), which leaves the others as they were. A database read that raced with an
-//     arrival is not cached: an entry is stored only if its user row's version is not older
-//     than the last event that arrived for that user, and that event is remembered until the
-//     read model has applied it (and seenFor longer), however long the projector lags.
+//     started), which leaves the others as they were, and one that only changes the profile
+//     (a rename), which keeps the credentials but marks their profile stale (User reads it
+//     again, and refreshes the entries once the read model has it). A database read that
+//     raced with an arrival is not cached: an entry is stored only if its user row's version
+//     is not older than the last event that arrived for that user, and that event is
+//     remembered until the read model has applied it (and seenFor longer), however long the
+//     projector lags.
 //   - Lease. The cache answers only while it holds a lease: at t0 it asked the stream's leader
 //     for the last sequence L, every event up to L had arrived (and so made its invalidations)
 //     before t0+Lease, and the database answered a health check less than dbFresh ago. The
@@ -247,6 +250,30 @@ func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(cont
 	return cred, nil
 }
 
+// User reads a user's profile from the read model — for a credential whose ProfileStale is
+// set — and refreshes the cached credentials of that user with it when it includes every
+// event of the user that arrived.
+func (c *CredentialCache) User(ctx context.Context, id uuid.UUID) (UserRow, error) {
+	resets := c.resets.Load()
+	u, err := c.cfg.ReadModel.User(ctx, id)
+	if err != nil {
+		return u, err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.seen[id]; (ok && s.seq > u.Version) || c.resets.Load() != resets {
+		return u, nil // older than an event already here, or raced with a restart: not kept
+	}
+	for _, k := range c.byUser[id] {
+		e := c.entries[k]
+		if e.User.Version <= u.Version {
+			e.User, e.ProfileStale = u, false
+			c.entries[k] = e
+		}
+	}
+	return u, nil
+}
+
 // store caches cred, read from the database after the feed's resets-th restart, unless an
 // event of its user newer than the row arrived meanwhile or the feed restarted since.
 func (c *CredentialCache) store(k cacheKey, cred Credential, resets uint64) {
@@ -310,7 +337,15 @@ func (c *CredentialCache) arrive(a Arrival) {
 	}
 	if id, kind, ok := userEventOf(a.Subject); ok {
 		c.seen[id] = seenEvent{seq: a.Seq}
-		if !addsCredential[kind] {
+		switch {
+		case addsCredential[kind]:
+		case profileOnly[kind]:
+			for _, k := range c.byUser[id] {
+				e := c.entries[k]
+				e.ProfileStale = true
+				c.entries[k] = e
+			}
+		default:
 			for _, k := range c.byUser[id] {
 				delete(c.entries, k)
 			}
@@ -371,6 +406,13 @@ func (c *CredentialCache) waitObserved(ctx context.Context, seq uint64) error {
 var addsCredential = map[string]bool{
 	subjectToken(events.TypeTokenCreated):   true,
 	subjectToken(events.TypeSessionStarted): true,
+}
+
+// profileOnly lists the user events that change only profile fields a credential carries
+// (User's name), not whether it authenticates: they mark the user's entries ProfileStale
+// instead of dropping them, so a caller who renames keeps being answered from memory.
+var profileOnly = map[string]bool{
+	subjectToken(events.TypeUserRenamed): true,
 }
 
 func subjectToken(t events.Type) string { return string(t)[strings.LastIndexByte(string(t), '.')+1:] }

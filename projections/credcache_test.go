@@ -125,18 +125,58 @@ func TestCredentialCache(t *testing.T) {
 				}
 			})
 
-			t.Run("an event of the user drops its entries: rename seen, revocation refused", func(t *testing.T) {
+			t.Run("a revocation drops the user's entries: refused at once", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				w.head.Store(w.proj.deliver(events.TokenRevoked{Versioned: events.V(), UserID: w.user, TokenID: w.tok.TokenID}))
+				if _, err := w.lookup(t); !errors.Is(err, ErrNotFound) {
+					t.Fatalf("revoked token: %v, want ErrNotFound", err)
+				}
+			})
+
+			t.Run("a rename keeps the credentials and marks their profile stale until it is read again", func(t *testing.T) {
 				w := newCacheWorld(t, b, time.Minute)
 				if _, err := w.lookup(t); err != nil {
 					t.Fatal(err)
 				}
 				w.head.Store(w.proj.deliver(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"}))
-				if c, err := w.lookup(t); err != nil || c.User.Name != "Grace" {
-					t.Fatalf("after a rename: %+v, %v", c, err)
+				c, err := w.lookup(t)
+				if err != nil || !c.ProfileStale {
+					t.Fatalf("after a rename: %+v, %v; want the credential with its profile marked stale", c, err)
 				}
-				w.head.Store(w.proj.deliver(events.TokenRevoked{Versioned: events.V(), UserID: w.user, TokenID: w.tok.TokenID}))
-				if _, err := w.lookup(t); !errors.Is(err, ErrNotFound) {
-					t.Fatalf("revoked token: %v, want ErrNotFound", err)
+				if s := w.cache.Stats(); s.Hits != 1 || s.Misses != 1 {
+					t.Fatalf("stats %+v, want the rename not to cost a database lookup", s)
+				}
+				u, err := w.cache.User(context.Background(), w.user)
+				if err != nil || u.Name != "Grace" {
+					t.Fatalf("User = %+v, %v; want the new name", u, err)
+				}
+				if c, err := w.lookup(t); err != nil || c.ProfileStale || c.User.Name != "Grace" {
+					t.Fatalf("after reading the profile: %+v, %v; want the entry refreshed", c, err)
+				}
+			})
+
+			t.Run("a profile read from before the rename is applied does not refresh the entries", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				batch := w.proj.arrive(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"})
+				w.head.Store(batch[0].Sequence)
+				if u, err := w.cache.User(context.Background(), w.user); err != nil || u.Name != "Ada" {
+					t.Fatalf("User before the rename is applied = %+v, %v; want the database's answer", u, err)
+				}
+				if c, err := w.lookup(t); err != nil || !c.ProfileStale {
+					t.Fatalf("%+v, %v; want the profile still marked stale", c, err)
+				}
+				w.proj.apply(batch)
+				if u, err := w.cache.User(context.Background(), w.user); err != nil || u.Name != "Grace" {
+					t.Fatalf("User = %+v, %v", u, err)
+				}
+				if c, err := w.lookup(t); err != nil || c.ProfileStale || c.User.Name != "Grace" {
+					t.Fatalf("%+v, %v; want the entry refreshed", c, err)
 				}
 			})
 
@@ -207,8 +247,8 @@ func TestCredentialCache(t *testing.T) {
 				// The projector sees a rename while a slow lookup still holds the old row.
 				w.head.Store(w.proj.deliver(events.UserRenamed{Versioned: events.V(), UserID: w.user, Name: "Grace"}))
 				w.cache.store(cacheKey{digest: w.tok.Digest}, cred, w.cache.resets.Load())
-				if c, err := w.lookup(t); err != nil || c.User.Name != "Grace" {
-					t.Fatalf("stale row kept: %+v, %v", c, err)
+				if c, err := w.lookup(t); err != nil || (c.User.Name == "Ada" && !c.ProfileStale) {
+					t.Fatalf("stale row kept as current: %+v, %v", c, err)
 				}
 			})
 

@@ -43,6 +43,11 @@ type Credential struct {
 	TokenID   uuid.UUID
 	ExpiresAt *time.Time
 	User      UserRow
+	// ProfileStale is set by the credential cache when an event that changes only the user's
+	// profile (a rename) arrived after User was read: the credential still holds, but User's
+	// profile fields may predate the caller's own write. Read the user (CredentialCache.User
+	// or ReadModel.User) before showing them.
+	ProfileStale bool
 }
 
 // Expired reports whether the credential has expired at now.

@@ -235,6 +235,33 @@ func TestTwoInstancesReadYourWrites(t *testing.T) {
 	}
 }
 
+// TestRenameKeepsCredentialsCached: a rename leaves the caller's cached credential in place
+// on every instance (its next request does not go to the database to authenticate), yet the
+// next GET anywhere shows the new name.
+func TestRenameKeepsCredentialsCached(t *testing.T) {
+	e := postgresEnv(t)
+	a, b := e.start(), e.start()
+	waitFor(t, 10*time.Second, func() bool { return a.app.presence.MayLease() && b.app.presence.MayLease() })
+	token, _ := signUp(t, a.url, "lovelace@example.com", "Ada")
+	for i := 0; i < 6; i++ {
+		for _, in := range []*instance{a, b} { // both hold the credential in memory
+			mustStatus(t, call(t, in.url, "GET", "/api/v0/user", token, nil), 200)
+		}
+		w := []*instance{a, b}[i%2]
+		misses := a.app.cache.Stats().Misses + b.app.cache.Stats().Misses
+		name := fmt.Sprint("Ada ", i)
+		mustStatus(t, call(t, w.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
+		for _, in := range []*instance{a, b} {
+			if got := call(t, in.url, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
+				t.Fatalf("round %d: %s reads %v, want %q", i, in.url, got, name)
+			}
+		}
+		if m := a.app.cache.Stats().Misses + b.app.cache.Stats().Misses; m != misses {
+			t.Fatalf("round %d: %d credential lookups went to the database after a rename, want 0", i, m-misses)
+		}
+	}
+}
+
 // TestRevocationRacesReadsOnAnotherInstance: while clients keep using a token on instance B
 // (answered from B's memory), it is revoked on instance A. Every request to B that started
 // after A answered the revocation is refused; before, either answer is fine.

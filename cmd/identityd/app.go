@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
@@ -243,6 +244,11 @@ type cachedCredentials struct {
 // APITokenByDigest is the cache's.
 func (c cachedCredentials) APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error) {
 	return c.CredentialCache.APITokenByDigest(ctx, digest)
+}
+
+// User is the cache's: it refreshes cached profiles marked stale by a rename.
+func (c cachedCredentials) User(ctx context.Context, id uuid.UUID) (projections.UserRow, error) {
+	return c.CredentialCache.User(ctx, id)
 }
 
 // SessionByDigest is the cache's.

@@ -18,6 +18,9 @@ type principal struct {
 	kind    domain.TokenKind
 	tokenID uuid.UUID
 	user    projections.UserRow
+	// profileStale: user's profile fields may predate a rename already recorded; read the user
+	// again before showing them (Credential.ProfileStale).
+	profileStale bool
 }
 
 const principalKey = "principal"
@@ -61,7 +64,7 @@ func (a *API) authenticate(c *gin.Context) {
 		return
 	}
 	a.cfg.Usage.Touch(cred.TokenID, now.UTC().Truncate(time.Microsecond)) // what the database keeps
-	c.Set(principalKey, principal{kind: kind, tokenID: cred.TokenID, user: cred.User})
+	c.Set(principalKey, principal{kind: kind, tokenID: cred.TokenID, user: cred.User, profileStale: cred.ProfileStale})
 	c.Next()
 }
 

@@ -3,6 +3,7 @@ package httpapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/projections"
 )
 
 // Wire types. Field names follow the Harmont User API.
@@ -180,7 +182,20 @@ func (a *API) logOut(c *gin.Context) {
 }
 
 func (a *API) getUser(c *gin.Context) {
-	u := caller(c).user
+	p := caller(c)
+	u := p.user
+	if p.profileStale { // a rename arrived since the credential was cached: read the profile
+		var err error
+		u, err = a.cfg.ReadModel.User(c.Request.Context(), p.user.ID)
+		switch {
+		case errors.Is(err, projections.ErrNotFound): // deleted since it authenticated
+			a.abort(c, domain.ErrUserNotFound)
+			return
+		case err != nil:
+			a.abort(c, unavailableError{err})
+			return
+		}
+	}
 	c.JSON(http.StatusOK, userJSON{Email: u.Email, Name: u.Name, PersonalOrgSlug: u.PersonalOrgSlug, UUID: u.ID})
 }
 

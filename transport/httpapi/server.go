@@ -23,10 +23,12 @@ import (
 //go:embed openapi.yaml
 var OpenAPI []byte
 
-// ReadModel is what the API reads: credentials for authentication and the token list.
+// ReadModel is what the API reads: credentials for authentication, profiles, and the token
+// list.
 type ReadModel interface {
 	APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error)
 	SessionByDigest(ctx context.Context, digest string) (projections.Credential, error)
+	User(ctx context.Context, id uuid.UUID) (projections.UserRow, error)
 	Tokens(ctx context.Context, userID uuid.UUID) ([]projections.Token, error)
 	AuditEvents(ctx context.Context, f projections.AuditFilter) ([]projections.AuditRow, error)
 }
