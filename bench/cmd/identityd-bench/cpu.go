@@ -56,15 +56,39 @@ func pgDelta(old, cur map[int]float64) float64 {
 	return sum
 }
 
-// cpuSnap is the CPU seconds used so far by a target process, NATS and PostgreSQL.
+// machineBusy is the CPU seconds all cores spent neither idle nor waiting for I/O since boot
+// (/proc/stat), the load generator and the kernel included.
+func machineBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line) // cpu user nice system idle iowait irq softirq steal ...
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var busy float64
+	for i, v := range f[1:9] {
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		x, _ := strconv.ParseFloat(v, 64)
+		busy += x
+	}
+	return busy / clkTck
+}
+
+// cpuSnap is the CPU seconds used so far by a target process, NATS, PostgreSQL and the whole
+// machine.
 type cpuSnap struct {
-	at           time.Time
-	target, nats float64
-	postgres     map[int]float64
+	at                    time.Time
+	target, nats, machine float64
+	postgres              map[int]float64
 }
 
 func (b *bench) cpuNow(target *proc) cpuSnap {
-	s := cpuSnap{at: time.Now(), postgres: postgresCPU()}
+	s := cpuSnap{at: time.Now(), postgres: postgresCPU(), machine: machineBusy()}
 	for _, p := range b.natsProcs {
 		s.nats += procCPU(p.pid())
 	}
@@ -92,5 +116,8 @@ func (b *bench) cpuSince(s cpuSnap, target *proc, rate float64) map[string]float
 	}
 	add("nats", n.nats-s.nats)
 	add("postgres", pgDelta(s.postgres, n.postgres))
+	// The whole machine: with the load generator and the kernel, how close the run came to
+	// using every core (on a saturated machine a ratio is a CPU-cost ratio).
+	add("machine", n.machine-s.machine)
 	return out
 }

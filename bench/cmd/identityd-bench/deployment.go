@@ -132,7 +132,7 @@ func (b *bench) startNATS(ctx context.Context) error {
 		store := filepath.Join(b.tmp, name+"-store")
 		conf := filepath.Join(b.tmp, name+".conf")
 		cfg := fmt.Sprintf("server_name: identityd-bench-%d\nlisten: 127.0.0.1:%d\nmax_payload: 1048576\n"+
-			"jetstream {\n  store_dir: %q\n  sync_interval: always\n}\n", i+1, ports[i], store)
+			"jetstream {\n  store_dir: %q\n%s}\n", i+1, ports[i], store, b.syncSetting())
 		if n > 1 {
 			cfg += fmt.Sprintf("cluster {\n  name: identityd-bench\n  listen: 127.0.0.1:%d\n  routes: [%s]\n}\n", ports[n+i], strings.Join(routes, ", "))
 		}
@@ -161,7 +161,7 @@ func (b *bench) startNATS(ctx context.Context) error {
 	if err := waitJetStream(ctx, b.nc, 60*time.Second); err != nil {
 		return err
 	}
-	logf("nats-server %s: %s (JetStream, file storage in the temp dir, sync_interval: always, %d replica(s))", b.nc.ConnectedServerVersion(), b.natsURL, n)
+	logf("nats-server %s: %s (JetStream, file storage in the temp dir, sync_interval: %s, %d replica(s))", b.nc.ConnectedServerVersion(), b.natsURL, b.syncDescription(), n)
 	return nil
 }
 
@@ -232,4 +232,20 @@ func (b *bench) startIdentityd(ctx context.Context) error {
 	}
 	logf("identityd at %s (pid %d, log %s)", b.idURL, b.identityd.pid(), b.identityd.logPath)
 	return nil
+}
+
+// syncSetting is the jetstream block's sync_interval line for --nats-sync.
+func (b *bench) syncSetting() string {
+	if b.opt.natsSync == "always" {
+		return "  sync_interval: always\n"
+	}
+	return "" // NATS's default: a sync every 2 minutes
+}
+
+// syncDescription states --nats-sync in the output.
+func (b *bench) syncDescription() string {
+	if b.opt.natsSync == "always" {
+		return "always (fsync before every ack)"
+	}
+	return "NATS default, a sync every 2 min (NOT DURABLE: acknowledged appends can be lost on power loss)"
 }

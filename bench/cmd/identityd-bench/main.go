@@ -35,6 +35,7 @@ type options struct {
 	keepTmp    bool
 	debugAddr  string
 	natsNodes  int
+	natsSync   string
 	only       map[string]bool
 
 	memUsers, memTokens, rebuildEvents int
@@ -82,6 +83,7 @@ func main() {
 	flag.BoolVar(&o.keepTmp, "keep-tmp", false, "keep the temp dir (logs, NATS store) instead of removing it")
 	flag.StringVar(&o.debugAddr, "debug-addr", "", "serve identityd's profiling endpoints here (IDENTITYD_DEBUG_ADDR), e.g. 127.0.0.1:6060, to profile a scenario while it runs")
 	flag.IntVar(&o.natsNodes, "nats-nodes", 1, "nats-server processes: 1, or 3 for a cluster on loopback (streams then have 3 replicas)")
+	flag.StringVar(&o.natsSync, "nats-sync", "always", "nats-server's sync_interval: always (fsync before every ack; what identityd's promise needs on one node), or default (NATS's own default, a sync every 2 minutes: NOT durable against power loss; to see what durability costs)")
 	flag.StringVar(&only, "only", "1,2,3,4,5,6,7", "comma-separated scenarios to run")
 	flag.Parse()
 	o.only = map[string]bool{}
@@ -97,6 +99,10 @@ func main() {
 	}
 	if o.natsNodes != 1 && o.natsNodes != 3 {
 		fmt.Fprintln(os.Stderr, "identityd-bench: --nats-nodes must be 1 or 3")
+		os.Exit(2)
+	}
+	if o.natsSync != "always" && o.natsSync != "default" {
+		fmt.Fprintln(os.Stderr, "identityd-bench: --nats-sync must be always or default")
 		os.Exit(2)
 	}
 	if o.users < 2*o.writeConns {
@@ -249,7 +255,7 @@ func (b *bench) describe() {
 	b.meta["connections_write"] = b.opt.writeConns
 	b.meta["full"] = b.opt.full
 	b.meta["sizes"] = map[string]int{"api_users": b.opt.users, "memory_users": b.opt.memUsers, "memory_tokens": b.opt.memTokens, "rebuild_events": b.opt.rebuildEvents}
-	b.meta["nats"] = map[string]any{"server": b.nc.ConnectedServerVersion(), "storage": "file", "sync_interval": "always (fsync before every ack)", "replicas": b.opt.natsNodes, "nodes": b.opt.natsNodes, "url": b.natsURL}
+	b.meta["nats"] = map[string]any{"server": b.nc.ConnectedServerVersion(), "storage": "file", "sync_interval": b.syncDescription(), "replicas": b.opt.natsNodes, "nodes": b.opt.natsNodes, "url": b.natsURL}
 	b.meta["postgresql"] = b.pgSettings
 	b.meta["identityd"] = map[string]any{"argon2_memory_kib": argonMemKiB, "argon2_time": argonTime, "log_level": "warn", "db_pool": 16}
 	b.meta["load_generator"] = "bench/cmd/loadgen: separate Go process, closed loop, HTTP/1.1 keep-alive, one worker per connection, same machine"

@@ -101,7 +101,7 @@ func (b *bench) printHeader() {
 	fmt.Println()
 	fmt.Println("identityd benchmark — fresh deployment on this machine")
 	fmt.Printf("  machine     %d CPUs, %s; load generator and servers share it\n", b.meta["cpus"], b.meta["go"])
-	fmt.Printf("  NATS        nats-server %s, JetStream file storage, sync_interval: always (fsync before ack), %d node(s), %d replica(s), %s\n", b.nc.ConnectedServerVersion(), b.opt.natsNodes, b.opt.natsNodes, b.natsURL)
+	fmt.Printf("  NATS        nats-server %s, JetStream file storage, sync_interval: %s, %d node(s), %d replica(s), %s\n", b.nc.ConnectedServerVersion(), b.syncDescription(), b.opt.natsNodes, b.opt.natsNodes, b.natsURL)
 	fmt.Printf("  PostgreSQL  %s at %s, fresh database %s; fsync=%s synchronous_commit=%s full_page_writes=%s\n",
 		b.pgSettings["version"], b.pgSettings["server"], b.dbName, b.pgSettings["fsync"], b.pgSettings["synchronous_commit"], b.pgSettings["full_page_writes"])
 	fmt.Printf("  identityd   process on external NATS + PostgreSQL, argon2id m=%d KiB t=%d (low: seeding only), log level warn\n", argonMemKiB, argonTime)
