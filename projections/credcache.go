@@ -410,7 +410,9 @@ var addsCredential = map[string]bool{
 
 // profileOnly lists the user events that change only profile fields a credential carries
 // (User's name), not whether it authenticates: they mark the user's entries ProfileStale
-// instead of dropping them, so a caller who renames keeps being answered from memory.
+// instead of dropping them, so a caller who renames keeps being answered from memory. Only
+// fields no authorization decision reads belong here: an email change, say, which decides
+// admin rights (httpapi's requireAdmin), must drop the entries instead.
 var profileOnly = map[string]bool{
 	subjectToken(events.TypeUserRenamed): true,
 }
