@@ -158,6 +158,28 @@ func TestCredentialCache(t *testing.T) {
 				}
 			})
 
+			t.Run("a profile read older than a cached entry does not overwrite it", func(t *testing.T) {
+				w := newCacheWorld(t, b, time.Minute)
+				if _, err := w.lookup(t); err != nil {
+					t.Fatal(err)
+				}
+				// The entry holds a newer row than the database will answer with (it came from
+				// a read that saw a later rename, and its arrival has long been forgotten).
+				w.cache.mu.Lock()
+				k := cacheKey{digest: w.tok.Digest}
+				e := w.cache.entries[k]
+				e.User.Name, e.User.Version, e.ProfileStale = "Newer", e.User.Version+10, true
+				w.cache.entries[k] = e
+				delete(w.cache.seen, w.user)
+				w.cache.mu.Unlock()
+				if _, err := w.cache.User(context.Background(), w.user); err != nil {
+					t.Fatal(err)
+				}
+				if c, err := w.lookup(t); err != nil || c.User.Name != "Newer" || !c.ProfileStale {
+					t.Fatalf("%+v, %v; want the newer entry left as it was", c, err)
+				}
+			})
+
 			t.Run("a profile read from before the rename is applied does not refresh the entries", func(t *testing.T) {
 				w := newCacheWorld(t, b, time.Minute)
 				if _, err := w.lookup(t); err != nil {

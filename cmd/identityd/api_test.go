@@ -257,7 +257,9 @@ func TestRenameKeepsCredentialsCached(t *testing.T) {
 			}
 		}
 		if m := a.app.cache.Stats().Misses + b.app.cache.Stats().Misses; m != misses {
-			t.Fatalf("round %d: %d credential lookups went to the database after a rename, want 0", i, m-misses)
+			// (Lookups whose lease lapsed go to the database too; they are counted apart and
+			// have nothing to do with the rename.)
+			t.Fatalf("round %d: %d credential lookups missed the cache after a rename, want 0", i, m-misses)
 		}
 	}
 }
