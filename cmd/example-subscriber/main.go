@@ -36,11 +36,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/embedded"
 )
 
 // config is what the example can be told, plus knobs that only tests change.
 type config struct {
 	NATSURL   string     // IDENTITYD_NATS_URL / --nats-url
+	NATSCreds string     // IDENTITYD_NATS_CREDS / --nats-creds; "" connects without credentials
 	Durable   string     // EXAMPLE_SUBSCRIBER_DURABLE / --durable
 	StatePath string     // EXAMPLE_SUBSCRIBER_STATE / --state
 	LogLevel  slog.Level // IDENTITYD_LOG_LEVEL / --log-level
@@ -67,6 +69,10 @@ var settings = []setting{
 	// The embedded NATS server of an identityd running on defaults listens here
 	// (IDENTITYD_NATS_LISTEN); point it at your NATS cluster in any other deployment.
 	{"IDENTITYD_NATS_URL", "nats-url", "nats://127.0.0.1:14222", "NATS server holding identityd's IDENTITY stream"},
+	// identityd's NATS admits only nkey users; subscribers use the read-only reader's seed,
+	// which an identityd on defaults writes to <data dir>/credentials/reader.nk (0600).
+	{"IDENTITYD_NATS_CREDS", "nats-creds", "", "NATS credentials (nkey seed or .creds file), read-only ones; unset: <data-dir>/credentials/reader.nk if it exists"},
+	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "identityd's data dir on this host, where the reader credentials are found"},
 	{"EXAMPLE_SUBSCRIBER_DURABLE", "durable", "example-provisioner", "durable consumer name (one per independent copy of the state)"},
 	{"EXAMPLE_SUBSCRIBER_STATE", "state", "./example-state.json", "state file: subscribed accounts and the last applied stream sequence"},
 	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
@@ -96,7 +102,11 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		return config{}, fmt.Errorf("unexpected arguments: %s", strings.Join(fs.Args(), " "))
 	}
 	get := func(env string) string { return strings.TrimSpace(*vals[env]) }
-	c := config{NATSURL: get("IDENTITYD_NATS_URL"), Durable: get("EXAMPLE_SUBSCRIBER_DURABLE"), StatePath: get("EXAMPLE_SUBSCRIBER_STATE")}
+	c := config{NATSURL: get("IDENTITYD_NATS_URL"), NATSCreds: get("IDENTITYD_NATS_CREDS"),
+		Durable: get("EXAMPLE_SUBSCRIBER_DURABLE"), StatePath: get("EXAMPLE_SUBSCRIBER_STATE")}
+	if c.NATSCreds == "" {
+		c.NATSCreds = embedded.DefaultReaderCredentials(get("IDENTITYD_DATA_DIR"))
+	}
 	var errs []error
 	if c.NATSURL == "" || c.Durable == "" || c.StatePath == "" {
 		errs = append(errs, errors.New("--nats-url, --durable and --state must not be empty"))
@@ -131,7 +141,14 @@ func realMain() int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	nc, err := nats.Connect(cfg.NATSURL,
+	var auth []nats.Option
+	if cfg.NATSCreds != "" {
+		if auth, err = embedded.ClientOptions(cfg.NATSCreds, false); err != nil {
+			fmt.Fprintln(os.Stderr, "example-subscriber:", err)
+			return 2
+		}
+	}
+	nc, err := nats.Connect(cfg.NATSURL, append(auth,
 		nats.Name("example-subscriber/"+cfg.Durable),
 		nats.MaxReconnects(-1), // keep trying: the durable consumer resumes after an outage
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -140,10 +157,12 @@ func realMain() int {
 			}
 		}),
 		nats.ReconnectHandler(func(c *nats.Conn) { log.Info("nats reconnected", "url", c.ConnectedUrlRedacted()) }),
-	)
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { log.Error("nats", "err", err) }),
+	)...)
 	if err != nil {
-		log.Error("connect to NATS (is identityd running? it serves NATS on 127.0.0.1:14222 by default)",
-			"url", cfg.NATSURL, "err", err)
+		log.Error("connect to NATS (is identityd running? it serves NATS on 127.0.0.1:14222 by default; "+
+			"credentials: --nats-creds, default <data-dir>/credentials/reader.nk)",
+			"url", cfg.NATSURL, "creds", cfg.NATSCreds, "err", err)
 		return 1
 	}
 	defer nc.Close()

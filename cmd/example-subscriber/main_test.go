@@ -37,8 +37,13 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness {
 	t.Helper()
-	st, _ := eventstoretest.Start(t, embedded.Config{})
-	return &harness{t: t, store: st, js: st.JetStream(), model: map[string]account{}}
+	st, srv := eventstoretest.Start(t, embedded.Config{})
+	// The subscriber reads with the read-only credentials, as it would in production.
+	js, err := jetstream.New(eventstoretest.Connect(t, srv, embedded.ReaderUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, store: st, js: js, model: map[string]account{}}
 }
 
 // append stores the payloads as one atomic batch, as identityd does, and records which of them
@@ -460,5 +465,30 @@ func TestLoadConfig(t *testing.T) {
 	}
 	if _, err := loadConfig([]string{"--durable", "a.b"}, getenv, io.Discard); err == nil {
 		t.Fatal("a durable name with a dot was accepted")
+	}
+}
+
+// The credentials: the reader's seed in identityd's data dir when it exists, else the named file.
+func TestLoadConfigCredentials(t *testing.T) {
+	data := t.TempDir()
+	env := map[string]string{"IDENTITYD_DATA_DIR": data}
+	getenv := func(k string) string { return env[k] }
+	c, err := loadConfig(nil, getenv, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.NATSCreds != "" {
+		t.Fatalf("no key in the data dir yet, creds = %q", c.NATSCreds)
+	}
+	k, err := embedded.LoadOrCreateKeys(embedded.KeyDir(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ = loadConfig(nil, getenv, io.Discard); c.NATSCreds != k.ReaderSeed() {
+		t.Fatalf("creds = %q, want the reader's seed %q", c.NATSCreds, k.ReaderSeed())
+	}
+	env["IDENTITYD_NATS_CREDS"] = "/etc/sub.creds"
+	if c, _ = loadConfig(nil, getenv, io.Discard); c.NATSCreds != "/etc/sub.creds" {
+		t.Fatalf("creds = %q, want the named file", c.NATSCreds)
 	}
 }

@@ -1,5 +1,10 @@
 // Package embedded runs an in-process NATS server with JetStream, so identityd starts as a
 // single binary with no infrastructure and tests get a real server on a random port.
+//
+// The server always authenticates: it admits two nkey users (LoadOrCreateKeys), identityd,
+// the only one that may publish events, and a read-only reader for subscribers and tools
+// (IdentitydPermissions, ReaderPermissions). A client without one of their seeds is refused.
+// ServerConfig renders the same users for an external nats-server.
 package embedded
 
 import (
@@ -26,6 +31,8 @@ type Config struct {
 	ServerName string
 	// StartTimeout bounds the wait for the server to accept connections (default 10s).
 	StartTimeout time.Duration
+	// Keys are the public keys of the users the server admits (required; LoadOrCreateKeys).
+	Keys Keys
 }
 
 func (c *Config) fill() {
@@ -48,7 +55,14 @@ func (c Config) Validate() error {
 	if _, _, err := splitListen(c.Listen); err != nil {
 		return fmt.Errorf("embedded nats: listen address %q: %w", c.Listen, err)
 	}
-	return nil
+	return c.Keys.Validate()
+}
+
+// Loopback reports whether the listen address admits connections from this host only.
+// Credentials are required either way; a wider address just lets more hosts try them.
+func Loopback(listen string) bool {
+	host, _, err := splitListen(listen)
+	return err == nil && isLoopback(host)
 }
 
 func splitListen(addr string) (string, int, error) {
@@ -82,6 +96,7 @@ func Start(cfg Config) (*server.Server, error) {
 		StoreDir:   cfg.StoreDir,
 		NoSigs:     true,
 		NoLog:      true,
+		Nkeys:      users(cfg.Keys),
 	}
 	if cfg.SyncInterval <= 0 {
 		opts.SyncAlways = true

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/identityd/identityd/events/embedded"
@@ -40,21 +41,17 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 	return cond()
 }
 
-func connect(t *testing.T, url string) *nats.Conn {
+// connect connects as identityd, the registry's only writer.
+func connect(t *testing.T, srv *server.Server) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
+	return eventstoretest.Connect(t, srv, embedded.IdentitydUser)
 }
 
 func TestPresence(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
 
 	t.Run("a lone instance is alone at once and may lease after its grace", func(t *testing.T) {
-		p := openPresence(t, connect(t, srv.ClientURL()))
+		p := openPresence(t, connect(t, srv))
 		if !p.Alone() {
 			t.Fatal("a lone instance is not alone")
 		}
@@ -68,12 +65,12 @@ func TestPresence(t *testing.T) {
 	})
 
 	t.Run("a joining instance is seen before it may lease, and its leaving after it stopped", func(t *testing.T) {
-		first := openPresence(t, connect(t, srv.ClientURL()))
+		first := openPresence(t, connect(t, srv))
 		if !waitUntil(2*time.Second, func() bool { return first.MayLease() && first.Alone() }) {
 			t.Fatal("the first instance never settled")
 		}
 		// The second instance runs on a connection of its own, so it can be cut off.
-		nc2 := connect(t, srv.ClientURL())
+		nc2 := connect(t, srv)
 		second := openPresence(t, nc2)
 		if second.Alone() {
 			t.Fatal("the second instance thinks it is alone")
@@ -109,8 +106,8 @@ func TestPresence(t *testing.T) {
 	})
 
 	t.Run("closing removes the registration at once", func(t *testing.T) {
-		first := openPresence(t, connect(t, srv.ClientURL()))
-		second := openPresence(t, connect(t, srv.ClientURL()))
+		first := openPresence(t, connect(t, srv))
+		second := openPresence(t, connect(t, srv))
 		// The first's view predates the second: it sees it at its next view, well within the
 		// second's grace.
 		if second.Alone() || !waitUntil(500*time.Millisecond, func() bool { return !first.Alone() }) {
@@ -129,7 +126,7 @@ func TestPresence(t *testing.T) {
 
 func TestPresenceNotAloneWithoutFreshViews(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
-	nc := connect(t, srv.ClientURL())
+	nc := connect(t, srv)
 	p := openPresence(t, nc)
 	if !p.Alone() {
 		t.Fatal("a lone instance is not alone")
@@ -143,9 +140,9 @@ func TestPresenceNotAloneWithoutFreshViews(t *testing.T) {
 
 func TestPresenceAdoptsTheRegistrysTTL(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
-	openPresence(t, connect(t, srv.ClientURL())) // creates the registry with a 1.5s TTL
+	openPresence(t, connect(t, srv)) // creates the registry with a 1.5s TTL
 	// Timings that fit a 10s TTL but not the registry's 1.5s: refused, not silently unsafe.
-	cfg := eventstore.PresenceConfig{Conn: connect(t, srv.ClientURL()), TTL: 10 * time.Second}
+	cfg := eventstore.PresenceConfig{Conn: connect(t, srv), TTL: 10 * time.Second}
 	if _, err := eventstore.OpenPresence(context.Background(), cfg); err == nil {
 		t.Fatal("timings that do not fit the registry's TTL were accepted")
 	}
@@ -153,7 +150,7 @@ func TestPresenceAdoptsTheRegistrysTTL(t *testing.T) {
 
 func TestPresenceDefaults(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
-	p, err := eventstore.OpenPresence(context.Background(), eventstore.PresenceConfig{Conn: connect(t, srv.ClientURL())})
+	p, err := eventstore.OpenPresence(context.Background(), eventstore.PresenceConfig{Conn: connect(t, srv)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,14 @@ type Config struct {
 	Duplicates time.Duration
 	// Timeout bounds one append or load (default 5s).
 	Timeout time.Duration
+	// ReadOnly opens an existing stream without creating or updating it, for readers whose
+	// NATS credentials may not change streams (identityctl, subscribers); Append then fails
+	// with ErrReadOnly.
+	ReadOnly bool
 }
+
+// ErrReadOnly means an append on a store opened with Config.ReadOnly.
+var ErrReadOnly = errors.New("eventstore: opened read-only")
 
 func (c *Config) fill() {
 	if c.Stream == "" {
@@ -98,7 +105,8 @@ func (s *Store) withConnection(ctx context.Context) (context.Context, context.Ca
 	return ctx, func() { stop(); cancel() }
 }
 
-// Open checks the server version and creates or updates the stream.
+// Open checks the server version and creates or updates the stream; read-only, it looks the
+// stream up and fails if it does not exist.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	cfg.fill()
 	if err := cfg.Validate(); err != nil {
@@ -113,6 +121,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, nc: cfg.Conn, js: js}
 	s.conn, s.connCancel = context.WithCancel(context.Background())
+	if cfg.ReadOnly {
+		existing, err := js.Stream(ctx, cfg.Stream)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("eventstore: stream %s not found (identityd creates it on its first start): %w", cfg.Stream, err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("eventstore: look up stream %s: %w", cfg.Stream, err)
+		}
+		s.cfg.Replicas = existing.CachedInfo().Config.Replicas
+		return s, nil
+	}
 	if s.cfg.Replicas == 0 {
 		s.cfg.Replicas = 1
 		if existing, err := js.Stream(ctx, cfg.Stream); err == nil {
@@ -196,6 +215,9 @@ func versionAtLeast(have, want string) bool {
 func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domain.Expectation, changes []domain.Change) (uint64, error) {
 	if len(changes) == 0 {
 		return 0, errors.New("eventstore: nothing to append")
+	}
+	if s.cfg.ReadOnly {
+		return 0, ErrReadOnly
 	}
 	if s.nc.Status() != nats.CONNECTED {
 		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
