@@ -54,17 +54,37 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 
-	natsURL := cfg.NATSURL
+	natsURL, natsCreds := cfg.NATSURL, cfg.NATSCreds
 	if natsURL == "" {
-		a.ns, err = embedded.Start(embedded.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen})
+		keys, err := embedded.LoadOrCreateKeys(embedded.KeyDir(cfg.DataDir))
 		if err != nil {
 			return nil, err
 		}
-		natsURL = a.ns.ClientURL()
-		logger.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "nats"))
+		a.ns, err = embedded.Start(embedded.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen, Keys: keys})
+		if err != nil {
+			return nil, err
+		}
+		natsURL, natsCreds = a.ns.ClientURL(), keys.IdentitydSeed()
+		logger.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "nats"),
+			"reader_credentials", keys.ReaderSeed())
+		if !embedded.Loopback(cfg.NATSListen) {
+			logger.Warn("embedded NATS listens beyond this host; clients still need the reader's or identityd's key",
+				"listen", cfg.NATSListen)
+		}
+	} else if natsCreds == "" {
+		logger.Warn("connecting to NATS without credentials: anyone who reaches it may publish events; set IDENTITYD_NATS_CREDS",
+			"url", eventstore.RedactURL(natsURL))
+	}
+	var auth []nats.Option
+	if natsCreds != "" {
+		if auth, err = embedded.ClientOptions(natsCreds, true); err != nil {
+			return nil, err
+		}
+	} else {
+		auth = []nats.Option{nats.CustomInboxPrefix(embedded.IdentitydInboxPrefix)}
 	}
 	var store *eventstore.Store
-	a.nc, err = nats.Connect(natsURL, nats.Name("identityd"), nats.MaxReconnects(-1),
+	a.nc, err = nats.Connect(natsURL, append(auth, nats.Name("identityd"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(false),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			logger.Warn("NATS disconnected", "err", err)
@@ -72,7 +92,9 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 				store.ConnectionLost() // appends waiting for an ack answer 503 now, not after their timeout
 			}
 		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }))
+		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
+		// Permission refusals arrive here, not as the refused call's error.
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { logger.Error("NATS error", "err", err) }))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", eventstore.RedactURL(natsURL), err)
 	}

@@ -21,6 +21,7 @@ type config struct {
 	DataDir        string
 	NATSURL        string
 	NATSListen     string
+	NATSCreds      string
 	NATSReplicas   int
 	DatabaseURL    string
 	SecretKey      []byte
@@ -49,7 +50,8 @@ var settings = []setting{
 	{"IDENTITYD_HTTP_ADDR", "http-addr", "127.0.0.1:8080", "HTTP listen address"},
 	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "directory for the embedded NATS store, the SQLite read model and the generated secret key"},
 	{"IDENTITYD_NATS_URL", "nats-url", "", "external NATS server URL (nats://host:4222); unset: run an embedded NATS server"},
-	{"IDENTITYD_NATS_LISTEN", "nats-listen", "127.0.0.1:14222", "client address of the embedded NATS server, so other programs can subscribe to the stream"},
+	{"IDENTITYD_NATS_LISTEN", "nats-listen", "127.0.0.1:14222", "client address of the embedded NATS server, so other programs can subscribe to the stream (with the reader credentials in <data-dir>/credentials); keep it on loopback unless other hosts must read"},
+	{"IDENTITYD_NATS_CREDS", "nats-creds", "", "identityd's credentials for the external NATS (IDENTITYD_NATS_URL): nkey seed or .creds file; the embedded server uses the keys it generates in <data-dir>/credentials"},
 	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "0", "replicas of the event stream (3 on a NATS cluster); 0 keeps the existing stream's (1 for a new one)"},
 	{"IDENTITYD_DATABASE_URL", "database-url", "", "read-model database: postgres://user@host:5432/db?sslmode=disable; unset: SQLite file in the data dir"},
 	{"IDENTITYD_SECRET_KEY", "secret-key", "", "hex key (>= 32 bytes) deriving idempotent ids and secrets; instances sharing users must share it; unset: generated into the data dir"},
@@ -101,6 +103,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		DataDir:     get("IDENTITYD_DATA_DIR"),
 		NATSURL:     get("IDENTITYD_NATS_URL"),
 		NATSListen:  get("IDENTITYD_NATS_LISTEN"),
+		NATSCreds:   get("IDENTITYD_NATS_CREDS"),
 		DatabaseURL: get("IDENTITYD_DATABASE_URL"),
 		PublicURL:   strings.TrimRight(get("IDENTITYD_PUBLIC_URL"), "/"),
 	}
@@ -138,6 +141,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		errs = append(errs, errors.New("IDENTITYD_ARGON2_TIME must be an integer >= 1"))
 	}
 	c.Argon2MemKiB, c.Argon2Time = uint32(mem), uint32(passes)
+	if c.NATSCreds != "" && c.NATSURL == "" {
+		errs = append(errs, errors.New("IDENTITYD_NATS_CREDS is for an external NATS (IDENTITYD_NATS_URL); the embedded server uses the keys in <data-dir>/credentials"))
+	}
 	if c.HTTPAddr == "" || c.DataDir == "" {
 		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
 	}

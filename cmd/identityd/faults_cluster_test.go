@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -298,7 +299,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 		t.Errorf("connected node: writes did not recover: from 13s after the kill %.1f%% of %d answered 2xx within 3s", 100*tailRate, tailN)
 	}
 
-	st := fltOpenStore(t, allURLs, 3)
+	st := openStore(t, allURLs, embedded.Keys{}, 3)
 	fltCheckAcked(t, st, allOps)
 	fltCheckReads(t, in.url, users, initial, allOps)
 	fltFinalWrites(t, in.url, users)

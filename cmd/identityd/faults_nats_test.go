@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
@@ -207,24 +206,6 @@ func (l *fltLoad) wait() []fltOp {
 	return ops
 }
 
-// fltOpenStore opens the event store as an auditor would (replicas as deployed: opening a
-// store creates or updates the stream with its replica count).
-func fltOpenStore(t *testing.T, url string, replicas int) *eventstore.Store {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
-}
-
 // fltCheckAcked fails the test for every acknowledged write that is not in the stream and
 // returns the number of acknowledged writes checked.
 func fltCheckAcked(t *testing.T, st *eventstore.Store, ops []fltOp) (acked int) {
@@ -386,9 +367,10 @@ func fltStartInstance(t *testing.T, natsURL string, replicas int, dbURL string) 
 func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 	storeDir := t.TempDir()
 	listen := fmt.Sprintf("127.0.0.1:%d", fltFreePort(t))
+	keys := testKeys(t) // the same users after the restart
 	startNATS := func() *server.Server {
 		t.Helper()
-		ns, err := embedded.Start(embedded.Config{StoreDir: storeDir, Listen: listen}) // SyncInterval 0: fsync always
+		ns, err := embedded.Start(embedded.Config{StoreDir: storeDir, Listen: listen, Keys: keys}) // SyncInterval 0: fsync always
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -404,7 +386,7 @@ func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 			ns.WaitForShutdown()
 		}
 	})
-	e := &env{t: t, natsURL: ns.ClientURL(), dbURL: dbtest.PostgresURL(t), secret: bytes.Repeat([]byte{7}, 32)}
+	e := &env{t: t, natsURL: ns.ClientURL(), keys: keys, dbURL: dbtest.PostgresURL(t), secret: bytes.Repeat([]byte{7}, 32)}
 	t.Cleanup(e.verify)
 	in := e.start()
 	const workers = 8
@@ -487,7 +469,7 @@ func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 		}
 	}
 
-	st := fltOpenStore(t, ns.ClientURL(), 1)
+	st := openStore(t, ns.ClientURL(), keys, 1)
 	fltCheckAcked(t, st, ops)
 	fltCheckReads(t, in.url, users, initial, ops)
 	fltFinalWrites(t, in.url, users)

@@ -156,12 +156,13 @@ func (pg *throwawayPG) stop() error { _, err := pg.run("--stop"); return err }
 // every acknowledged write shows in the read model, and Verify finds nothing wrong.
 func TestFaultPostgresRestart(t *testing.T) {
 	pg := startThrowawayPG(t)
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	natsKeys := testKeys(t)
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Keys: natsKeys})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e := &env{t: t, natsURL: srv.ClientURL(), dbURL: pg.dsn, secret: bytes.Repeat([]byte{7}, 32)}
+	e := &env{t: t, natsURL: srv.ClientURL(), keys: natsKeys, dbURL: pg.dsn, secret: bytes.Repeat([]byte{7}, 32)}
 	t.Cleanup(e.verify) // runs before the cluster stops (cleanups run last-in first-out)
 	// A short consistency wait, so writes during the outage answer (lagging) well within 2 s.
 	in := fxStart(e, nil, func(c *config) { c.ConsistencyMax = 1200 * time.Millisecond })

@@ -128,7 +128,8 @@ func TestFaultKill9MidWrites(t *testing.T) {
 	tmp := t.TempDir()
 	bin := fltBuild(t, "./cmd/identityd", tmp, "identityd")
 
-	ns, err := embedded.Start(embedded.Config{StoreDir: filepath.Join(tmp, "nats")}) // fsync always
+	keys := testKeys(t)
+	ns, err := embedded.Start(embedded.Config{StoreDir: filepath.Join(tmp, "nats"), Keys: keys}) // fsync always
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +145,7 @@ func TestFaultKill9MidWrites(t *testing.T) {
 	}
 	childEnv = append(childEnv,
 		"IDENTITYD_NATS_URL="+ns.ClientURL(),
+		"IDENTITYD_NATS_CREDS="+keys.IdentitydSeed(),
 		"IDENTITYD_DATABASE_URL="+dbURL,
 		"IDENTITYD_HTTP_ADDR="+addr,
 		"IDENTITYD_DATA_DIR="+filepath.Join(tmp, "data"),
@@ -222,7 +224,7 @@ func TestFaultKill9MidWrites(t *testing.T) {
 		t.Errorf("the load did not cover the fault: %d writes before the kill, %d acknowledged after the restart", before, afterOK)
 	}
 
-	st := fltOpenStore(t, ns.ClientURL(), 1)
+	st := openStore(t, ns.ClientURL(), keys, 1)
 	fltCheckAcked(t, st, ops)
 	fltCheckReads(t, base, users, initial, ops) // read-your-writes across the restart
 	fltFinalWrites(t, base, users)

@@ -33,6 +33,7 @@ import (
 type env struct {
 	t       *testing.T
 	natsURL string
+	keys    embedded.Keys // the NATS users; zero for a server without authentication
 	dbURL   string
 	secret  []byte
 	admins  []string
@@ -40,12 +41,13 @@ type env struct {
 
 func newEnv(t *testing.T, backend dbtest.Backend) *env {
 	t.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	keys := testKeys(t)
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e := &env{t: t, natsURL: srv.ClientURL(), dbURL: backend.URL(t), secret: bytes.Repeat([]byte{7}, 32)}
+	e := &env{t: t, natsURL: srv.ClientURL(), keys: keys, dbURL: backend.URL(t), secret: bytes.Repeat([]byte{7}, 32)}
 	// After every scenario, once its instances have stopped: the read models and the hash
 	// chains must agree with the fold of the stream (what `identityctl verify` checks).
 	t.Cleanup(e.verify)
@@ -90,7 +92,7 @@ func (e *env) start() *instance {
 func (e *env) startWith(edit func(*config)) *instance {
 	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
+	cfg.SecretKey, cfg.AdminEmails, cfg.NATSCreds = e.secret, e.admins, e.creds()
 	edit(&cfg)
 	return startInstance(e.t, cfg, nil)
 }
@@ -128,17 +130,53 @@ func startInstance(t testing.TB, cfg config, logger *slog.Logger) *instance {
 	return &instance{app: a, url: hs.URL}
 }
 
-// store opens the event store directly, as an auditor would.
+// store opens the event store directly, as an auditor would: with the reader's credentials,
+// read-only.
 func (e *env) store() *eventstore.Store {
 	e.t.Helper()
-	nc, err := nats.Connect(e.natsURL)
-	if err != nil {
-		e.t.Fatal(err)
+	return openStore(e.t, e.natsURL, e.keys, 0)
+}
+
+// creds is identityd's seed file, "" without authentication.
+func (e *env) creds() string {
+	if e.keys.Dir == "" {
+		return ""
 	}
-	e.t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	return e.keys.IdentitydSeed()
+}
+
+// testKeys creates the NATS users of a test's server.
+func testKeys(t testing.TB) embedded.Keys {
+	t.Helper()
+	k, err := embedded.LoadOrCreateKeys(t.TempDir())
 	if err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
+	}
+	return k
+}
+
+// openStore opens the event store at url as an auditor would: read-only with the reader's
+// key, or, on a server without authentication (zero keys), creating or updating the stream
+// with the given replicas as deployed.
+func openStore(t testing.TB, url string, keys embedded.Keys, replicas int) *eventstore.Store {
+	t.Helper()
+	var opts []nats.Option
+	if keys.Dir != "" {
+		var err error
+		if opts, err = embedded.ClientOptions(keys.ReaderSeed(), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, ReadOnly: keys.Dir != ""})
+	if err != nil {
+		t.Fatal(err)
 	}
 	return st
 }
