@@ -33,6 +33,7 @@ type world struct {
 	t       *testing.T
 	srv     *server.Server
 	natsURL string
+	keys    embedded.Keys // the NATS users; identityctl gets the reader's
 	dbURL   string
 	env     map[string]string // what identityctl sees through getenv
 	nc      *nats.Conn
@@ -48,8 +49,8 @@ type world struct {
 // (IDENTITYD_NATS_URL + IDENTITYD_DATABASE_URL).
 func newWorld(t *testing.T, dbURL string) *world {
 	t.Helper()
-	w := startWorld(t, dbURL)
-	w.env = map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL}
+	w := startWorld(t, dbURL, t.TempDir())
+	w.env = map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL}
 	return w
 }
 
@@ -59,17 +60,27 @@ func newPostgresWorld(t *testing.T) *world {
 	return newWorld(t, dbtest.PostgresURL(t))
 }
 
-func startWorld(t *testing.T, dbURL string) *world {
+// startWorld starts the deployment with the NATS users' keys in keyDir (created there, as
+// identityd does in its data dir).
+func startWorld(t *testing.T, dbURL, keyDir string) *world {
 	t.Helper()
-	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir()})
+	keys, err := embedded.LoadOrCreateKeys(keyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := embedded.Start(embedded.Config{StoreDir: t.TempDir(), Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	w := &world{t: t, srv: srv, natsURL: srv.ClientURL(), dbURL: dbURL}
+	w := &world{t: t, srv: srv, natsURL: srv.ClientURL(), keys: keys, dbURL: dbURL}
 
 	ctx := context.Background()
-	w.nc, err = nats.Connect(w.natsURL, nats.Name("identityctl-test"))
+	auth, err := embedded.ClientOptions(keys.IdentitydSeed(), true) // the writer, as identityd
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.nc, err = nats.Connect(w.natsURL, append(auth, nats.Name("identityctl-test"))...)
 	if err != nil {
 		t.Fatal(err)
 	}

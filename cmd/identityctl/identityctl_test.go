@@ -17,6 +17,7 @@ import (
 
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -671,7 +672,7 @@ func TestRebuildWhileServing(t *testing.T) {
 func TestEmbeddedDefaultsSQLite(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	w := startWorld(t, projections.SQLiteURL(dir+"/identityd.db"))
+	w := startWorld(t, projections.SQLiteURL(dir+"/identityd.db"), embedded.KeyDir(dir)) // identityctl finds the reader's key
 	w.env = map[string]string{
 		"IDENTITYD_DATA_DIR":    dir,
 		"IDENTITYD_NATS_LISTEN": strings.TrimPrefix(w.natsURL, "nats://"),

@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
 )
@@ -46,11 +47,22 @@ Usage:
   identityctl [global flags] projections status
   identityctl [global flags] projections rebuild [users]
   identityctl [global flags] verify
+  identityctl [global flags] nats credentials [--seed]
+  identityctl nats keys --dir DIR
 
 Global flags (each also an environment variable, as for identityd):
   --nats-url URL        IDENTITYD_NATS_URL; unset: nats://IDENTITYD_NATS_LISTEN (default 127.0.0.1:14222)
+  --nats-creds FILE     IDENTITYD_NATS_CREDS: nkey seed or .creds file; unset: the reader's key
+                        in IDENTITYD_DATA_DIR/credentials when it exists. identityctl only reads:
+                        read-only (reader) credentials are enough
   --database-url URL    IDENTITYD_DATABASE_URL; unset: SQLite in IDENTITYD_DATA_DIR (default ./data)
   --data-dir DIR        IDENTITYD_DATA_DIR
+
+nats credentials prints where the read-only reader key of an identityd on embedded NATS is (the
+data dir's credentials/reader.nk, 0600) and its public key; --seed prints the seed file itself,
+to hand to a subscriber. nats keys creates (or keeps) identityd's and the reader's seeds in DIR
+(0600) and writes DIR/nats-users.conf, the nats-server include file with their public keys
+and permissions, for an external NATS (deploy/nats.conf).
 
 Times are RFC 3339 (2026-11-22T10:00:00Z). Output is JSON, one object per line.
 Exit codes: 0 ok, 1 differences found / no such user, 2 usage, 3 error.
@@ -66,8 +78,11 @@ func main() {
 // cli is one invocation: its settings, output and lazily opened connections.
 type cli struct {
 	natsURL, dbURL string
+	natsCreds      string // "" connects without credentials
+	dataDir        string
 	sqlitePath     string // set when the read model is the embedded default
 	out            *json.Encoder
+	stdout         io.Writer
 	stderr         io.Writer
 	tty            bool
 
@@ -85,6 +100,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	fs := flag.NewFlagSet("identityctl", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	natsURL := fs.String("nats-url", getenv("IDENTITYD_NATS_URL"), "")
+	natsCreds := fs.String("nats-creds", getenv("IDENTITYD_NATS_CREDS"), "")
 	dbURL := fs.String("database-url", getenv("IDENTITYD_DATABASE_URL"), "")
 	dataDir := fs.String("data-dir", getenv("IDENTITYD_DATA_DIR"), "")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
@@ -94,7 +110,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		return exitUsage
 	}
-	c := &cli{natsURL: *natsURL, dbURL: *dbURL, out: json.NewEncoder(stdout), stderr: stderr, tty: isTerminal(stderr)}
+	if *dataDir == "" {
+		*dataDir = "./data"
+	}
+	c := &cli{natsURL: *natsURL, natsCreds: *natsCreds, dataDir: *dataDir, dbURL: *dbURL,
+		out: json.NewEncoder(stdout), stdout: stdout, stderr: stderr, tty: isTerminal(stderr)}
+	if c.natsCreds == "" {
+		c.natsCreds = embedded.DefaultReaderCredentials(*dataDir)
+	}
 	if c.natsURL == "" {
 		listen := getenv("IDENTITYD_NATS_LISTEN")
 		if listen == "" {
@@ -103,9 +126,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		c.natsURL = "nats://" + listen
 	}
 	if c.dbURL == "" {
-		if *dataDir == "" {
-			*dataDir = "./data"
-		}
 		c.sqlitePath = filepath.Join(*dataDir, "identityd.db")
 		c.dbURL = projections.SQLiteURL(c.sqlitePath)
 	}
@@ -124,6 +144,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		err = c.projectionsStatus(ctx, rest[2:])
 	case "projections rebuild":
 		err = c.projectionsRebuild(ctx, rest[2:])
+	case "nats credentials":
+		err = c.natsCredentials(rest[2:])
+	case "nats keys":
+		err = c.natsKeys(rest[2:])
 	default:
 		if rest[0] == "verify" {
 			err = c.verify(ctx, rest[1:])
@@ -184,12 +208,21 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 	if c.store != nil {
 		return c.store, nil
 	}
-	nc, err := nats.Connect(c.natsURL, nats.Name("identityctl"), nats.Timeout(5*time.Second))
+	var opts []nats.Option
+	if c.natsCreds != "" {
+		var err error
+		if opts, err = embedded.ClientOptions(c.natsCreds, false); err != nil {
+			return nil, err
+		}
+	}
+	nc, err := nats.Connect(c.natsURL, append(opts, nats.Name("identityctl"), nats.Timeout(5*time.Second))...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", eventstore.RedactURL(c.natsURL), err)
+		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN, and "+
+			"--nats-creds / IDENTITYD_NATS_CREDS or IDENTITYD_DATA_DIR for the reader's key)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc})
+	// Read-only: identityctl never creates or changes the stream, so the reader's key does.
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, ReadOnly: true})
 	if err != nil {
 		return nil, err
 	}
