@@ -253,8 +253,9 @@ func TestFaultSecretsNeverStored(t *testing.T) {
 		}
 	}
 
-	// (b) every message of every stream on the server (the event stream, poison queue, any KV).
-	st := e.store()
+	// (b) every message of every stream on the server (the event stream, poison queue, any KV):
+	// listing them takes identityd's key, the reader's sees the event stream only.
+	st := e.identitydStore()
 	var msgs int
 	names := st.JetStream().StreamNames(ctx)
 	for name := range names.Name() {

@@ -137,6 +137,26 @@ func (e *env) store() *eventstore.Store {
 	return openStore(e.t, e.natsURL, e.keys, 0)
 }
 
+// identitydStore opens the event store read-only with identityd's key, which may also list and
+// read the server's other streams.
+func (e *env) identitydStore() *eventstore.Store {
+	e.t.Helper()
+	opts, err := embedded.ClientOptions(e.creds(), true)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	nc, err := nats.Connect(e.natsURL, opts...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(nc.Close)
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, ReadOnly: true})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return st
+}
+
 // creds is identityd's seed file, "" without authentication.
 func (e *env) creds() string {
 	if e.keys.Dir == "" {
