@@ -542,8 +542,7 @@ func (s *Service) loadUser(ctx context.Context, id uuid.UUID, fresh bool) (*User
 				return nil, fmt.Errorf("load user %s: %w", id, err)
 			}
 			for _, e := range newer {
-				u.apply(e.Data)
-				u.version, u.chain = e.Sequence, e.ChainHash
+				u.follow(e)
 			}
 			return u, nil
 		}

@@ -49,6 +49,9 @@ type SessionSnapshot struct {
 func ReplayUser(id uuid.UUID, history []events.Envelope, asOf time.Time) UserSnapshot {
 	var upTo []events.Envelope
 	for _, e := range history {
+		if e.Refusal != nil {
+			continue // not identityd's event: refused by signature verification
+		}
 		if !asOf.IsZero() && e.Time.After(asOf) {
 			break
 		}

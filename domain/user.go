@@ -125,10 +125,21 @@ func emptyUser(id uuid.UUID) *User {
 func loadUser(id uuid.UUID, history []events.Envelope) *User {
 	u := emptyUser(id)
 	for _, e := range history {
-		u.apply(e.Data)
-		u.version, u.chain = e.Sequence, e.ChainHash
+		u.follow(e)
 	}
 	return u
+}
+
+// follow applies one stored event of the user's history. An event refused by signature
+// verification holds a stream position (the next append expects it) but changes nothing, and
+// the chain continues from the last genuine event.
+func (u *User) follow(e events.Envelope) {
+	u.version = e.Sequence
+	if e.Refusal != nil {
+		return
+	}
+	u.apply(e.Data)
+	u.chain = e.ChainHash
 }
 
 // committed records that the pending changes were stored, the last of them at seq.

@@ -369,7 +369,7 @@ func TestEncodedEventsMatchContract(t *testing.T) {
 	prev := ""
 	for i, e := range evs {
 		id := uuid.New().String()
-		m, chain, err := events.Encode(id, at, metas[i%len(metas)], prev, e)
+		m, chain, err := events.Encode(events.TestKey, id, at, metas[i%len(metas)], prev, e)
 		if err != nil {
 			t.Fatalf("encode %s: %v", e.EventType(), err)
 		}

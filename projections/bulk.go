@@ -157,6 +157,10 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 			if e.Sequence > end {
 				break
 			}
+			pos = e.Sequence
+			if e.Refusal != nil {
+				continue // refused by signature verification: never applied (the projector poisons it)
+			}
 			if err := m.apply(e); err != nil {
 				return nil, 0, 0, err
 			}
@@ -167,7 +171,6 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 			if err := sink.add(chunk, &row); err != nil {
 				return nil, 0, 0, fmt.Errorf("audit row of seq %d: %w", e.Sequence, err)
 			}
-			pos = e.Sequence
 			n++
 		}
 		if sink.full(chunk) {

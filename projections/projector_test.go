@@ -112,7 +112,7 @@ func checkFold(t *testing.T, db *bun.DB, f fold) {
 func newProjector(t *testing.T, db *bun.DB, js jetstream.JetStream, batch int) (*projections.Projector, chan error) {
 	t.Helper()
 	p, err := projections.NewProjector(context.Background(), projections.ProjectorConfig{
-		DB: db, JetStream: js, MaxBatch: batch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DB: db, JetStream: js, Keys: eventstoretest.Keys, MaxBatch: batch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)

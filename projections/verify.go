@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -66,12 +67,21 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 	histories := map[uuid.UUID][]events.Envelope{}
 	chains := map[string]string{}
 	hashed := map[string]bool{} // aggregates whose chain has begun
+	var lastGenuine uint64      // the last event that verified
 	visit := func(batch []events.Envelope) {
 		for _, e := range batch {
 			if e.Sequence > snap.Position {
 				break
 			}
+			if e.Refusal != nil {
+				// Not identityd's event: the read models must not show it, and the chain goes on
+				// from the last genuine event of the aggregate.
+				report(Difference{Kind: "signature_invalid", Aggregate: aggregateOfSubject(e.NATSSubj), Sequence: e.Sequence,
+					Detail: "the event's signature does not verify against the trusted keys (forged, altered or signed by an unknown key): " + e.Refusal.Error()})
+				continue
+			}
 			rep.Events++
+			lastGenuine = e.Sequence
 			switch {
 			case e.ChainHash == "" && !hashed[e.Subject]: // written before tamper evidence existed
 				chains[e.Subject] = ""
@@ -114,13 +124,23 @@ func Verify(ctx context.Context, cfg VerifyConfig) (VerifyReport, error) {
 			from = batch[len(batch)-1].Sequence + 1
 		}
 	}
-	if uint64(snap.AuditCount) != rep.Events || (rep.Events > 0 && snap.AuditMax != snap.Position) { //nolint:gosec // a row count, never negative
+	if uint64(snap.AuditCount) != rep.Events || (rep.Events > 0 && snap.AuditMax != lastGenuine) { //nolint:gosec // a row count, never negative
 		report(Difference{Kind: "audit_log", Detail: fmt.Sprintf("%d audit rows up to %d, stream has %d events up to %d", snap.AuditCount, snap.AuditMax, rep.Events, snap.Position)})
 	}
 	compareReadModel(histories, snap, report)
 	rep.Users = len(histories)
 	sort.SliceStable(rep.Differences, func(i, j int) bool { return rep.Differences[i].Aggregate < rep.Differences[j].Aggregate })
 	return rep, nil
+}
+
+// aggregateOfSubject names the aggregate a NATS subject claims (<root>.<kind>.<id>.<event>)
+// as "kind/id", for reporting a refused event.
+func aggregateOfSubject(subject string) string {
+	parts := strings.Split(subject, ".")
+	if len(parts) != 4 {
+		return subject
+	}
+	return parts[1] + "/" + parts[2]
 }
 
 // compareReadModel checks the snapshot row by row against the fold of each user's history.

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
 )
@@ -51,8 +53,14 @@ Global flags (each also an environment variable, as for identityd):
   --nats-url URL        IDENTITYD_NATS_URL; unset: nats://IDENTITYD_NATS_LISTEN (default 127.0.0.1:14222)
   --database-url URL    IDENTITYD_DATABASE_URL; unset: SQLite in IDENTITYD_DATA_DIR (default ./data)
   --data-dir DIR        IDENTITYD_DATA_DIR
+  --event-keys KEYS     IDENTITYD_EVENT_PUBLIC_KEYS: trusted event public keys (ed25519:...),
+                        comma-separated; unset: the keys identityd wrote to DATA_DIR/event-keys.pub
+  --events-unsigned-through SEQ
+                        IDENTITYD_EVENTS_UNSIGNED_THROUGH: accept unsigned (pre-signing) events up to SEQ
 
 Times are RFC 3339 (2026-11-22T10:00:00Z). Output is JSON, one object per line.
+Events whose signature does not verify are refused: tail and export skip them with a note on
+stderr, users show leaves them out, verify reports each as a difference.
 Exit codes: 0 ok, 1 differences found / no such user, 2 usage, 3 error.
 `
 
@@ -67,9 +75,14 @@ func main() {
 type cli struct {
 	natsURL, dbURL string
 	sqlitePath     string // set when the read model is the embedded default
-	out            *json.Encoder
-	stderr         io.Writer
-	tty            bool
+	dataDir        string
+	// eventKeys are the trusted event public keys as text ("": identityd's key file in the
+	// data dir); unsignedThrough accepts unsigned events up to that stream sequence.
+	eventKeys       string
+	unsignedThrough uint64
+	out             *json.Encoder
+	stderr          io.Writer
+	tty             bool
 
 	nc    *nats.Conn
 	store *eventstore.Store
@@ -87,6 +100,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	natsURL := fs.String("nats-url", getenv("IDENTITYD_NATS_URL"), "")
 	dbURL := fs.String("database-url", getenv("IDENTITYD_DATABASE_URL"), "")
 	dataDir := fs.String("data-dir", getenv("IDENTITYD_DATA_DIR"), "")
+	eventKeys := fs.String("event-keys", getenv("IDENTITYD_EVENT_PUBLIC_KEYS"), "")
+	unsignedThrough := fs.String("events-unsigned-through", getenv("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), "")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
 		fmt.Fprint(stderr, usage)
 		if errors.Is(err, flag.ErrHelp) {
@@ -102,10 +117,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 		c.natsURL = "nats://" + listen
 	}
-	if c.dbURL == "" {
-		if *dataDir == "" {
-			*dataDir = "./data"
+	if *dataDir == "" {
+		*dataDir = "./data"
+	}
+	c.dataDir, c.eventKeys = *dataDir, *eventKeys
+	if *unsignedThrough != "" {
+		n, err := strconv.ParseUint(*unsignedThrough, 10, 64)
+		if err != nil {
+			fmt.Fprintf(stderr, "identityctl: --events-unsigned-through: want a stream sequence, got %q\n", *unsignedThrough)
+			return exitUsage
 		}
+		c.unsignedThrough = n
+	}
+	if c.dbURL == "" {
 		c.sqlitePath = filepath.Join(*dataDir, "identityd.db")
 		c.dbURL = projections.SQLiteURL(c.sqlitePath)
 	}
@@ -189,7 +213,11 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc})
+	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough)
+	if err != nil {
+		return nil, err
+	}
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Keys: keys})
 	if err != nil {
 		return nil, err
 	}

@@ -11,30 +11,38 @@ import (
 	"strings"
 	"time"
 
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstore"
 )
 
 // config is everything identityd can be told. Each setting is an environment variable with a
 // flag of the same meaning; a flag wins over the variable.
 type config struct {
-	HTTPAddr       string
-	DataDir        string
-	NATSURL        string
-	NATSListen     string
-	NATSReplicas   int
-	DatabaseURL    string
-	SecretKey      []byte
-	PublicURL      string
-	LogLevel       slog.Level
-	SessionTTL     time.Duration
-	Argon2MemKiB   uint32
-	Argon2Time     uint32
-	ConsistencyMax time.Duration
-	CacheLease     time.Duration
-	CacheEntries   int
-	AdminEmails    []string
-	TrustedProxies []string
-	DebugAddr      string
+	HTTPAddr     string
+	DataDir      string
+	NATSURL      string
+	NATSListen   string
+	NATSReplicas int
+	DatabaseURL  string
+	SecretKey    []byte
+	// EventSigningSeed overrides the event-signing key derived from SecretKey (rotation).
+	EventSigningSeed []byte
+	// EventPublicKeys are further trusted event public keys (earlier rotations), as text.
+	EventPublicKeys string
+	// UnsignedThrough is the last stream sequence at which unsigned (pre-signing) events are
+	// accepted.
+	UnsignedThrough uint64
+	PublicURL       string
+	LogLevel        slog.Level
+	SessionTTL      time.Duration
+	Argon2MemKiB    uint32
+	Argon2Time      uint32
+	ConsistencyMax  time.Duration
+	CacheLease      time.Duration
+	CacheEntries    int
+	AdminEmails     []string
+	TrustedProxies  []string
+	DebugAddr       string
 	// Presence holds the timings of the instance registry (eventstore.PresenceConfig); not a
 	// setting: zero takes the defaults, tests shorten them.
 	Presence eventstore.PresenceConfig
@@ -53,6 +61,9 @@ var settings = []setting{
 	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "0", "replicas of the event stream (3 on a NATS cluster); 0 keeps the existing stream's (1 for a new one)"},
 	{"IDENTITYD_DATABASE_URL", "database-url", "", "read-model database: postgres://user@host:5432/db?sslmode=disable; unset: SQLite file in the data dir"},
 	{"IDENTITYD_SECRET_KEY", "secret-key", "", "hex key (>= 32 bytes) deriving idempotent ids and secrets; instances sharing users must share it; unset: generated into the data dir"},
+	{"IDENTITYD_EVENT_SIGNING_KEY", "event-signing-key", "", "hex Ed25519 seed (32 bytes) events are signed with; unset: derived from the secret key. Set it to rotate the signing key (README, Security model)"},
+	{"IDENTITYD_EVENT_PUBLIC_KEYS", "event-public-keys", "", "comma-separated further public keys (ed25519:...) whose events are accepted: the keys of earlier rotations"},
+	{"IDENTITYD_EVENTS_UNSIGNED_THROUGH", "events-unsigned-through", "0", "last stream sequence at which unsigned events, written before identityd signed its events, are accepted; 0: none"},
 	{"IDENTITYD_PUBLIC_URL", "public-url", "", "externally visible base URL, used in error doc_url links; unset: http://<http-addr>"},
 	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
 	{"IDENTITYD_SESSION_TTL", "session-ttl", "720h", "lifetime of a log-in session"},
@@ -113,6 +124,18 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		if c.SecretKey, err = hex.DecodeString(k); err != nil || len(c.SecretKey) < 32 {
 			errs = append(errs, errors.New("IDENTITYD_SECRET_KEY must be at least 32 bytes, hex encoded"))
 		}
+	}
+	if k := get("IDENTITYD_EVENT_SIGNING_KEY"); k != "" {
+		if c.EventSigningSeed, err = hex.DecodeString(k); err != nil || len(c.EventSigningSeed) != 32 {
+			errs = append(errs, errors.New("IDENTITYD_EVENT_SIGNING_KEY must be 32 bytes, hex encoded"))
+		}
+	}
+	c.EventPublicKeys = get("IDENTITYD_EVENT_PUBLIC_KEYS")
+	if _, err := events.ParsePublicKeys(c.EventPublicKeys); err != nil {
+		errs = append(errs, fmt.Errorf("IDENTITYD_EVENT_PUBLIC_KEYS: %w", err))
+	}
+	if c.UnsignedThrough, err = strconv.ParseUint(get("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), 10, 64); err != nil {
+		errs = append(errs, errors.New("IDENTITYD_EVENTS_UNSIGNED_THROUGH must be a stream sequence (an integer >= 0)"))
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("IDENTITYD_LOG_LEVEL"))); err != nil {
 		errs = append(errs, fmt.Errorf("IDENTITYD_LOG_LEVEL: %w", err))

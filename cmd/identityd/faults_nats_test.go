@@ -218,7 +218,7 @@ func fltOpenStore(t *testing.T, url string, replicas int) *eventstore.Store {
 	t.Cleanup(nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas})
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, Keys: keyringFor(t, bytes.Repeat([]byte{7}, 32))})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/nats-io/nats.go"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -128,6 +129,17 @@ func startInstance(t testing.TB, cfg config, logger *slog.Logger) *instance {
 	return &instance{app: a, url: hs.URL}
 }
 
+// keyring trusts what instances with this secret key sign, as an auditor given their
+// public key does.
+func keyringFor(t testing.TB, secret []byte) *events.Keyring {
+	t.Helper()
+	signer, err := eventkeys.Signer(secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events.NewKeyring(0, signer.PublicKey())
+}
+
 // store opens the event store directly, as an auditor would.
 func (e *env) store() *eventstore.Store {
 	e.t.Helper()
@@ -136,7 +148,7 @@ func (e *env) store() *eventstore.Store {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, Keys: keyringFor(e.t, e.secret)})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -281,6 +293,7 @@ func mustStatus(t *testing.T, r response, want int) {
 func (e *env) checkStreamContract() {
 	e.t.Helper()
 	st := e.store()
+	keys := st.Keys()
 	ctx := context.Background()
 	last, err := st.LastSequence(ctx)
 	if err != nil {
@@ -302,12 +315,13 @@ func (e *env) checkStreamContract() {
 			e.t.Fatalf("seq %d (%s) does not match its schema: %v\n%s", seq, typ, err, raw.Data)
 		}
 		for _, k := range []string{events.HeaderSpecVersion, events.HeaderID, events.HeaderSource, events.HeaderSubject,
-			events.HeaderTime, events.HeaderDataContentType, events.HeaderDataSchema, events.HeaderChainHash, events.HeaderActor} {
+			events.HeaderTime, events.HeaderDataContentType, events.HeaderDataSchema, events.HeaderChainHash, events.HeaderActor,
+			events.HeaderKeyID, events.HeaderSignature} {
 			if h.Get(k) == "" {
 				e.t.Fatalf("seq %d (%s) lacks header %s", seq, typ, k)
 			}
 		}
-		env, err := events.Decode(raw.Subject, h, raw.Data, seq)
+		env, err := keys.Decode(raw.Subject, h, raw.Data, seq)
 		if err != nil {
 			e.t.Fatal(err)
 		}

@@ -4,15 +4,31 @@
 package eventstoretest
 
 import (
+	"bytes"
 	"context"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 )
+
+// Signer signs the events tests append; Keys trusts it (and nothing unsigned).
+var (
+	Signer = mustKey()
+	Keys   = events.NewKeyring(0, Signer.PublicKey())
+)
+
+func mustKey() events.SigningKey {
+	k, err := events.NewSigningKey(bytes.Repeat([]byte("test-key"), 4))
+	if err != nil {
+		panic(err) // a constant 32-byte seed
+	}
+	return k
+}
 
 // Start runs a server (cfg.StoreDir defaults to a temporary directory) and opens the store.
 func Start(t testing.TB, cfg embedded.Config) (*eventstore.Store, *server.Server) {
@@ -30,7 +46,7 @@ func Start(t testing.TB, cfg embedded.Config) (*eventstore.Store, *server.Server
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, Keys: Keys, Signer: Signer})
 	if err != nil {
 		t.Fatal(err)
 	}
