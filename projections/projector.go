@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -178,6 +179,14 @@ func (p *Projector) Close() error {
 func (p *Projector) handle(msg *message.Message) error {
 	batch, ok := batchOf(msg)
 	if !ok {
+		// Never applied, but passed: the checkpoint moves past it, so readers waiting for later
+		// positions and a restart do not wait for it again. The poison queue keeps it.
+		if seq, err := strconv.ParseUint(msg.Metadata.Get(metaSequence), 10, 64); err == nil {
+			if err := skipPast(msg.Context(), p.cfg.DB, p.cfg.Tables, seq); err != nil {
+				return err
+			}
+			p.advance(seq)
+		}
 		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
 	}

@@ -30,6 +30,18 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 	return pos, err
 }
 
+// skipPast moves the checkpoint to seq, an event that is never applied (poison), unless it is
+// there already.
+func skipPast(ctx context.Context, db *bun.DB, t Tables, seq uint64) error {
+	_, err := db.NewUpdate().Model((*checkpointRow)(nil)).
+		Set("position = ?", seq).Set("updated_at = ?", timeNow().UTC()).
+		Where("name = ?", t.Checkpoint()).Where("position < ?", seq).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("move checkpoint %s past poison event %d: %w", t.Checkpoint(), seq, err)
+	}
+	return nil
+}
+
 var errDiagnosed = errors.New("diagnosed")
 
 // diagnose replays a failed batch one event per round trip in a transaction that is always
