@@ -18,8 +18,10 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -726,6 +728,10 @@ func TestEmbeddedDefaultsSQLite(t *testing.T) {
 	w.env = map[string]string{
 		"IDENTITYD_DATA_DIR":    dir,
 		"IDENTITYD_NATS_LISTEN": strings.TrimPrefix(w.natsURL, "nats://"),
+	}
+	// identityd publishes its event public keys in its data dir; identityctl reads them there.
+	if err := eventkeys.WriteFile(dir, eventstoretest.Signer, eventstoretest.Keys); err != nil {
+		t.Fatal(err)
 	}
 	h := w.seed()
 	last := w.sync()

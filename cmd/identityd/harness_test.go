@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -37,6 +38,9 @@ type env struct {
 	dbURL   string
 	secret  []byte
 	admins  []string
+	// forged are the stream positions of events a test forged on purpose: verify must report
+	// exactly these as signature_invalid.
+	forged []uint64
 }
 
 func newEnv(t *testing.T, backend dbtest.Backend) *env {
@@ -66,8 +70,16 @@ func (e *env) verify() {
 	if err != nil {
 		e.t.Fatalf("verify: %v", err)
 	}
+	var refused []uint64
 	for _, d := range rep.Differences {
+		if d.Kind == "signature_invalid" && slices.Contains(e.forged, d.Sequence) {
+			refused = append(refused, d.Sequence)
+			continue
+		}
 		e.t.Errorf("verify: %+v", d)
+	}
+	if len(refused) != len(e.forged) {
+		e.t.Errorf("verify reported forged events at %v, want %v", refused, e.forged)
 	}
 	if rep.Events == 0 && rep.StreamLast > 0 {
 		e.t.Errorf("verify checked nothing: read model at %d of %d", rep.Position, rep.StreamLast)
@@ -373,4 +385,11 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %s", d)
 		}
 	}
+}
+
+// natsTestCredentials are the connect options of a client holding publish rights on the
+// stream, as identityd does (the attacker the signature defends against).
+func natsTestCredentials(t *testing.T, e *env) []nats.Option {
+	t.Helper()
+	return nil
 }

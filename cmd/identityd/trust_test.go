@@ -1,0 +1,84 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/bench/benchtoken"
+	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/dbtest"
+)
+
+// TestForgedEventsAreRefused acts as the red team did: with publish rights on the stream but
+// without the signing key, append a token_created for the victim, chained to the victim's last
+// event, carrying the digest of a secret the attacker chose, and a rename. Neither takes
+// effect: the token does not authenticate, the name stays, the victim's next command succeeds,
+// and verify (run when the test ends) reports both events as signature_invalid.
+func TestForgedEventsAreRefused(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[0])
+	in := e.start()
+	session, victim := signUp(t, in.url, "victim@example.com", "Victim")
+	ctx := context.Background()
+
+	st := e.store()
+	history, err := st.Load(ctx, events.UserAggregate(uuid.MustParse(victim)), 0)
+	if err != nil || len(history) == 0 {
+		t.Fatalf("victim's history: %d events, %v", len(history), err)
+	}
+	chain := history[len(history)-1].ChainHash
+	attacker, err := events.NewSigningKey(bytes.Repeat([]byte("mallory!"), 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := benchtoken.New("idt_")
+	now := time.Now().UTC().Truncate(time.Microsecond)
+	for _, ev := range []events.Event{
+		events.TokenCreated{Versioned: events.V(), UserID: uuid.MustParse(victim), TokenID: uuid.New(), Description: "backdoor",
+			Digest: benchtoken.Digest(secret), CreatedAt: now},
+		events.Renamed(uuid.MustParse(victim), "Victim", "Mallory"),
+	} {
+		m, next, err := events.Encode(attacker, uuid.NewString(), now, events.Metadata{Actor: "user:" + victim}, chain, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := js.PublishMsg(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = next
+		e.forged = append(e.forged, ack.Sequence)
+	}
+	if err := in.app.projector.WaitFor(ctx, e.forged[len(e.forged)-1]); err != nil {
+		t.Fatal(err)
+	}
+	if r := call(t, in.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
+		t.Fatalf("the forged token authenticated: %d %s", r.Status, r.Body)
+	}
+	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim" {
+		t.Fatalf("the forged rename took effect: name %v", got)
+	}
+	if in.app.projector.Refused() != 2 {
+		t.Fatalf("projector counted %d refused events, want 2", in.app.projector.Refused())
+	}
+	// The domain skips the forged events but expects their positions: commands still work.
+	r := call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Victim Again"})
+	mustStatus(t, r, 200)
+	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim Again" {
+		t.Fatalf("rename after the forgery: %v", got)
+	}
+}
