@@ -63,7 +63,9 @@ func TestForgedEventsAreRefused(t *testing.T) {
 		chain = next
 		e.forged = append(e.forged, ack.Sequence)
 	}
-	if err := in.app.projector.WaitFor(ctx, e.forged[len(e.forged)-1]); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := in.app.projector.WaitFor(wctx, e.forged[len(e.forged)-1]); err != nil {
 		t.Fatal(err)
 	}
 	if r := call(t, in.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
