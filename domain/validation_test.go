@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"context"
 	"errors"
 	"regexp"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/google/uuid"
 	"golang.org/x/net/idna"
 	"golang.org/x/text/cases"
 	"golang.org/x/text/language"
@@ -450,4 +452,38 @@ func FuzzNormalizeEmail(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestLogInUsesCanonicalEmail: log-in looks the address up in its canonical form, so another
+// spelling reaches the account and a look-alike (refused at sign-up) reaches none.
+func TestLogInUsesCanonicalEmail(t *testing.T) {
+	t.Parallel()
+	s := newTestService(t, newMemStore())
+	ctx := context.Background()
+	ops := signUp(t, s, SignUp{Email: "ops@example.com", Name: "Ops", Password: "correct horse"})
+	kate := signUp(t, s, SignUp{Email: "kate@Bücher.de", Name: "Kate", Password: "correct horse"})
+	if kate.User.Email != "kate@bücher.de" {
+		t.Fatalf("stored email %q", kate.User.Email)
+	}
+	for email, want := range map[string]uuid.UUID{
+		"OPS@Example.COM":       ops.User.ID,
+		"ops@ＥＸＡＭＰＬＥ.com":       ops.User.ID,
+		"kate@xn--bcher-kva.de": kate.User.ID,
+		"KATE@bu\u0308cher.DE":  kate.User.ID,
+	} {
+		out, err := s.LogIn(ctx, testMeta, LogIn{Email: email, Password: "correct horse"})
+		if err != nil || out.UserID != want {
+			t.Errorf("LogIn(%q) = %s, %v; want user %s", email, out.UserID, err, want)
+		}
+	}
+	for _, email := range []string{"opſ@example.com", "ops@exаmple.com", "ops@example.com\u200B", "\u212Aate@bücher.de", "kate@bücher.de\u200D"} {
+		if _, err := s.SignUp(ctx, testMeta, SignUp{Email: email, Name: "Mallory", Password: "correct horse"}); err == nil {
+			t.Errorf("SignUp(%q) succeeded", email)
+		} else {
+			wantValidation(t, err, "email", "invalid_email")
+		}
+		if out, err := s.LogIn(ctx, testMeta, LogIn{Email: email, Password: "correct horse"}); !errors.Is(err, ErrInvalidCredentials) {
+			t.Errorf("LogIn(%q) = %+v, %v; want ErrInvalidCredentials", email, out, err)
+		}
+	}
 }
