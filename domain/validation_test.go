@@ -487,3 +487,34 @@ func TestLogInUsesCanonicalEmail(t *testing.T) {
 		}
 	}
 }
+
+// FuzzNormalizeName checks that an accepted name is a fixed point, in NFC, of 1 to 100
+// characters, and holds no control, bidi or zero-width character outside an emoji sequence;
+// a refusal is always an invalid_name ValidationError.
+func FuzzNormalizeName(f *testing.F) {
+	for _, s := range []string{"Ada Lovelace", "Ada 👩🏽‍💻", "\u202Eevil", "ad\u200Ba", "Ade\u0300le", "❤️‍🔥", "\u200D💻", "a\uFE0F"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		got, err := normalizeName(in)
+		if err != nil {
+			var ve *ValidationError
+			if !errors.As(err, &ve) || ve.Field != "name" || ve.Code != "invalid_name" || got != "" {
+				t.Fatalf("normalizeName(%q) = %q, %v; want an invalid_name ValidationError", in, got, err)
+			}
+			return
+		}
+		if again, err := normalizeName(got); err != nil || again != got {
+			t.Fatalf("not idempotent: %q -> %q -> %q, %v", in, got, again, err)
+		}
+		if n := utf8.RuneCountInString(got); n < 1 || n > MaxNameLen || !norm.NFC.IsNormalString(got) {
+			t.Fatalf("normalizeName(%q) = %q: %d characters or not NFC", in, got, n)
+		}
+		for _, r := range got {
+			if unicode.In(r, unicode.Cc, unicode.Bidi_Control) || r == '\u200B' || r == '\u200C' || r == '\u2060' || r == '\uFEFF' ||
+				(invisible(r) && r != zeroWidthJoiner && r != emojiStyle && r != textStyle) {
+				t.Fatalf("normalizeName(%q) = %q holds %U", in, got, r)
+			}
+		}
+	})
+}
