@@ -65,7 +65,8 @@ var emailIDNA = idna.New(idna.MapForLookup(), idna.Transitional(false), idna.Bid
 //     (U-labels), so "xn--bcher-kva.de" and "Bücher.de" are one domain and an ASCII address
 //     stays byte-identical to its lower-cased form. It needs at least two labels, a last
 //     label that starts with a letter (no bare IP address), no IP literal ("[…]"), no label
-//     that starts or ends with a hyphen, and no letter that case folding would still change
+//     that starts or ends with a hyphen or has "--" in third and fourth place (reserved for
+//     A-labels, checked on their decoded form), and no letter that case folding would still change
 //     (the IDNA deviations ß and ς). All its letters, in every label, are of one script, or
 //     of one of the Chinese, Japanese and Korean combinations with Latin that UTS #39 allows
 //     ("highly restrictive"); Latin letters from the IPA and phonetic blocks (ɑ, ɡ, ᴏ) are
