@@ -558,3 +558,38 @@ func flipLast(token string) string {
 	}
 	return token[:len(token)-1] + string(last)
 }
+
+// TestIdempotentLogInAfterExpiry: with a short session TTL, a log-in replayed with its
+// Idempotency-Key before expiry returns the first answer; once that session has expired the
+// replay answers 409 idempotency_key_reused instead of 201 with a dead token; a new key logs in.
+func TestIdempotentLogInAfterExpiry(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	in := e.startWith(func(c *config) { c.SessionTTL = 1500 * time.Millisecond })
+	signUp(t, in.url, "hopper@example.com", "Grace")
+	body := map[string]string{"email": "hopper@example.com", "password": "correct horse battery"}
+	first := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	mustStatus(t, first, http.StatusCreated)
+	again := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	mustStatus(t, again, http.StatusCreated)
+	if string(first.Body) != string(again.Body) {
+		t.Fatalf("replay within the TTL differs:\n%s\n%s", first.Body, again.Body)
+	}
+	token := first.json(t)["token"].(string)
+	expires, err := time.Parse(time.RFC3339Nano, first.json(t)["session"].(map[string]any)["expires_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(expires) + 50*time.Millisecond)
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", token, nil), http.StatusUnauthorized)
+
+	r := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	if r.Status != http.StatusConflict || r.errCode(t) != "idempotency_key_reused" {
+		t.Fatalf("replay after expiry: %d %s, want 409 idempotency_key_reused", r.Status, r.Body)
+	}
+	if strings.Contains(string(r.Body), token) {
+		t.Fatal("the refusal carries the dead token")
+	}
+	fresh := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-2")
+	mustStatus(t, fresh, http.StatusCreated)
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", fresh.json(t)["token"].(string), nil), http.StatusOK)
+}

@@ -56,7 +56,7 @@ var codes = map[string]errorCode{
 	"not_found":               {404, typeNotFound, "Not found", "No such resource or path."},
 	"email_taken":             {409, typeConflict, "Email taken", "An account with this email already exists. Log in instead."},
 	"concurrent_modification": {409, typeConflict, "Concurrent modification", "The resource kept changing while this request was applied. Retry it."},
-	"idempotency_key_reused":  {409, typeConflict, "Idempotency key reused", "This Idempotency-Key was already used for a different request. Use a new key."},
+	"idempotency_key_reused":  {409, typeConflict, "Idempotency key reused", "This Idempotency-Key was already used for a different request, or the session or API token its first request created has since expired, been logged out or been revoked (a retry never hands out a dead credential). Use a new key."},
 	"rate_limit_reached":      {429, typeRateLimit, "Rate limit reached", "Too many requests. Wait and retry with backoff."},
 	"service_unavailable":     {503, typeAPI, "Service unavailable", "A backing service (event stream or database) is unavailable. Retry with backoff; writes that failed were not recorded."},
 	"internal_error":          {500, typeAPI, "Internal error", "Something went wrong on our side. Quote the request id when reporting it."},
@@ -105,6 +105,8 @@ func classify(err error) (*apiError, bool) {
 		return fail("concurrent_modification", "the resource kept changing while this request was applied; retry it"), false
 	case errors.Is(err, domain.ErrInvalidCredentials):
 		return fail("invalid_credentials", "wrong email or password"), false
+	case errors.Is(err, domain.ErrIdempotencyKeySpent):
+		return fail("idempotency_key_reused", "this Idempotency-Key's first request created a session or API token that has since expired, been logged out or been revoked; send the request again with a new key"), false
 	case errors.Is(err, domain.ErrIdempotencyKeyReused):
 		return fail("idempotency_key_reused", "this Idempotency-Key was used for a different request"), false
 	case errors.Is(err, projections.ErrNotFound):
