@@ -53,7 +53,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 			a.close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil { // secret key, event store, read model: owner only
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 

@@ -118,7 +118,7 @@ func New(cfg Config) (*API, error) {
 		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)
 	}
 	a := &API{cfg: cfg, engine: e}
-	e.Use(a.withRequestID, a.accessLog, a.recover)
+	e.Use(a.withRequestID, a.accessLog, a.recover, a.limitHeaders)
 	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
 	e.NoMethod(func(c *gin.Context) {
 		a.abort(c, fail("method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path))
