@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -82,5 +83,49 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 			want.Admin, want.UpdatedAt, want.Version = true, evTime(2), 2
 			checkRows(t, g.Users(), readUsers(t, db, g), []UserRow{want}, sameUser, fmtUser)
 		})
+	}
+}
+
+// verify compares the admin flag of every user with the stream's: a read model that says a
+// user is an administrator when the stream does not (or the reverse) is a difference.
+func TestVerifyReportsATamperedAdminFlag(t *testing.T) {
+	ctx := context.Background()
+	evs := envelopes(1, registered(aliceID, "Alice"), registered(bobID, "Bob"), events.AdminGranted{Versioned: events.V(), UserID: aliceID})
+	db, _ := newSchemaDB(t, testBackends[1], CurrentTables)
+	if _, err := applyBatch(ctx, db, CurrentTables, evs); err != nil {
+		t.Fatal(err)
+	}
+	verify := func() []Difference {
+		t.Helper()
+		rep, err := Verify(ctx, VerifyConfig{
+			DB: db,
+			Read: func(_ context.Context, from uint64, limit int) ([]events.Envelope, error) {
+				if from > uint64(len(evs)) {
+					return nil, nil
+				}
+				return evs[from-1 : min(len(evs), int(from-1)+limit)], nil
+			},
+			Last: func(context.Context) (uint64, error) { return uint64(len(evs)), nil },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Differences
+	}
+	if d := verify(); len(d) != 0 {
+		t.Fatalf("differences before tampering: %+v", d)
+	}
+	// Bob made an administrator in the database only; Alice's rights taken away there only.
+	if _, err := db.ExecContext(ctx, "UPDATE "+CurrentTables.Users()+" SET admin = NOT admin"); err != nil {
+		t.Fatal(err)
+	}
+	d := verify()
+	if len(d) != 2 {
+		t.Fatalf("differences: %+v, want one per user", d)
+	}
+	for _, diff := range d {
+		if diff.Kind != "user_field" || !strings.HasPrefix(diff.Detail, "admin:") {
+			t.Errorf("difference %+v, want the admin field", diff)
+		}
 	}
 }
