@@ -417,6 +417,48 @@ func (s *Service) RevokeToken(ctx context.Context, meta events.Metadata, userID,
 	return s.update(ctx, meta, "", userID, func(u *User) error { return u.revokeToken(tokenID) }, nil)
 }
 
+// GrantAdmin makes a user an administrator. Granting an administrator changes nothing (Seq is
+// then the user's current version, to wait for like any other answer). The caller decides who
+// may grant: the HTTP API lets administrators do it, identityd's start-up bootstrap does it
+// once (actor "system").
+func (s *Service) GrantAdmin(ctx context.Context, meta events.Metadata, userID uuid.UUID) (Result, error) {
+	return s.update(ctx, meta, "", userID, func(u *User) error { u.grantAdmin(); return nil }, nil)
+}
+
+// RevokeAdmin takes a user's administrator rights away; by, the administrator asking, cannot
+// revoke their own (ErrSelfRevocation). Revoking from a user without them changes nothing.
+func (s *Service) RevokeAdmin(ctx context.Context, meta events.Metadata, by, userID uuid.UUID) (Result, error) {
+	if by == userID {
+		return Result{}, ErrSelfRevocation
+	}
+	return s.update(ctx, meta, "", userID, func(u *User) error { u.revokeAdmin(); return nil }, nil)
+}
+
+// User returns a user's current state, read from the stream (not the read model).
+func (s *Service) User(ctx context.Context, userID uuid.UUID) (UserView, error) {
+	var v UserView
+	err := s.read(ctx, userID, func(u *User) error { v = u.View(); return nil })
+	return v, err
+}
+
+// UserIDByEmail is the id of the account that holds an address now, from the address's claim
+// in the stream; ErrUserNotFound when no account holds it. identityd's bootstrap resolves a
+// configured administrator e-mail with it, once, into the user id that the rights belong to.
+func (s *Service) UserIDByEmail(ctx context.Context, email string) (uuid.UUID, error) {
+	normalized, err := NormalizeEmail(email)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	claim, err := s.loadEmail(ctx, normalized)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if !claim.claimed {
+		return uuid.Nil, ErrUserNotFound
+	}
+	return claim.owner, nil
+}
+
 // DeleteUser deletes the account and releases its email, atomically.
 func (s *Service) DeleteUser(ctx context.Context, meta events.Metadata, userID uuid.UUID) (Result, error) {
 	unlock := s.lock(userID)

@@ -223,7 +223,7 @@ func (f *fold) write(ctx context.Context, tx bun.Tx, w *statements, t Tables, au
 		users = users[n:]
 		qs = append(qs, tx.NewInsert().Model(&chunk).ModelTableExpr(t.Users()).
 			On("CONFLICT (id) DO UPDATE").
-			Set("name = EXCLUDED.name").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version"))
+			Set("name = EXCLUDED.name").Set("admin = EXCLUDED.admin").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version"))
 	}
 	qs = appendInserts(tx, qs, t.Tokens(), values(f.tokens))
 	qs = appendInserts(tx, qs, t.Sessions(), values(f.sessions))
@@ -299,6 +299,10 @@ func payloadUserID(ev events.Event) (uuid.UUID, bool) {
 	case events.SessionEnded:
 		return e.UserID, true
 	case events.UserDeleted:
+		return e.UserID, true
+	case events.AdminGranted:
+		return e.UserID, true
+	case events.AdminRevoked:
 		return e.UserID, true
 	case events.EmailClaimed:
 		return e.UserID, true

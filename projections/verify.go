@@ -176,6 +176,7 @@ func compareReadModel(histories map[uuid.UUID][]events.Envelope, snap Snapshot, 
 		for field, pair := range map[string][2]any{
 			"email": {row.Email, want.Email}, "name": {row.Name, want.Name},
 			"personal_org_slug": {row.PersonalOrgSlug, want.PersonalOrgSlug}, "version": {row.Version, want.Version},
+			"admin": {row.Admin, want.Admin},
 		} {
 			if pair[0] != pair[1] {
 				report(Difference{Kind: "user_field", Aggregate: agg, Detail: fmt.Sprintf("%s: read model %v, stream %v", field, pair[0], pair[1])})

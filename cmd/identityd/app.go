@@ -164,11 +164,18 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
+	seq, err := bootstrapAdmin(ctx, cfg.BootstrapAdmin, svc, store, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitBootstrap(ctx, a.projector, seq); err != nil {
+		return nil, err
+	}
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
-		AdminEmails: cfg.AdminEmails, TrustedProxies: cfg.TrustedProxies,
+		TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {
 			if !a.nc.IsConnected() {
 				return errors.New("NATS disconnected")

@@ -40,9 +40,11 @@ type config struct {
 	ConsistencyMax  time.Duration
 	CacheLease      time.Duration
 	CacheEntries    int
-	AdminEmails     []string
-	TrustedProxies  []string
-	DebugAddr       string
+	// BootstrapAdmin is the first administrator: a user id, or an e-mail resolved at start-up
+	// to the id of the account holding it (bootstrapAdmin). "" for none.
+	BootstrapAdmin string
+	TrustedProxies []string
+	DebugAddr      string
 	// Presence holds the timings of the instance registry (eventstore.PresenceConfig); not a
 	// setting: zero takes the defaults, tests shorten them.
 	Presence eventstore.PresenceConfig
@@ -72,7 +74,7 @@ var settings = []setting{
 	{"IDENTITYD_CONSISTENCY_TIMEOUT", "consistency-timeout", "5s", "how long a write waits for the read model before answering (read-your-writes)"},
 	{"IDENTITYD_AUTH_CACHE_LEASE", "auth-cache-lease", "15ms", "credentials are answered from memory while this instance confirmed, within this long, that it has every event; writes that change a profile or revoke wait this long. Instances sharing a stream must use the same value; 0 turns the cache off"},
 	{"IDENTITYD_AUTH_CACHE_ENTRIES", "auth-cache-entries", "100000", "credentials kept in memory at most"},
-	{"IDENTITYD_ADMIN_EMAILS", "admin-emails", "", "comma-separated emails of the users allowed on the admin endpoints (audit log)"},
+	{"IDENTITYD_BOOTSTRAP_ADMIN", "bootstrap-admin", "", "the first administrator: a user id (preferred) or the e-mail of an existing account, granted admin rights by an event at start-up, once in the life of the stream (only while no administrator was ever granted); afterwards administrators grant and revoke rights over the API"},
 	{"IDENTITYD_DEBUG_ADDR", "debug-addr", "", "address of the profiling endpoints (/debug/pprof/), e.g. 127.0.0.1:6060; unset: off. Never expose it publicly"},
 	{"IDENTITYD_TRUSTED_PROXIES", "trusted-proxies", "", "comma-separated proxy addresses/CIDRs whose X-Forwarded-For gives the client IP recorded in events; unset: none"},
 }
@@ -92,6 +94,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 			"Usage: identityd [flags]\n\nWith nothing set it runs on embedded defaults: an in-process NATS JetStream\n"+
 			"server and an SQLite read model, both under the data dir.\n\nFlags (each also an environment variable):\n")
 		fs.PrintDefaults()
+	}
+	if err := refuseAdminEmails(args, getenv); err != nil {
+		return config{}, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -164,13 +169,41 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.HTTPAddr == "" || c.DataDir == "" {
 		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
 	}
-	c.AdminEmails = splitList(get("IDENTITYD_ADMIN_EMAILS"))
+	if c.BootstrapAdmin = get("IDENTITYD_BOOTSTRAP_ADMIN"); c.BootstrapAdmin != "" {
+		if _, err := parseBootstrapAdmin(c.BootstrapAdmin); err != nil {
+			errs = append(errs, fmt.Errorf("IDENTITYD_BOOTSTRAP_ADMIN: %w", err))
+		}
+	}
 	c.TrustedProxies = splitList(get("IDENTITYD_TRUSTED_PROXIES"))
 	c.DebugAddr = get("IDENTITYD_DEBUG_ADDR")
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.HTTPAddr
 	}
 	return c, errors.Join(errs...)
+}
+
+// errAdminEmails refuses the setting that granted admin rights by e-mail text.
+var errAdminEmails = errors.New("IDENTITYD_ADMIN_EMAILS (--admin-emails) is no longer supported: admin rights " +
+	"belonged to whoever registered a listed address (even a look-alike one). Admin rights now belong to a user id: " +
+	"set IDENTITYD_BOOTSTRAP_ADMIN (--bootstrap-admin) to the first administrator's user id (or its account's e-mail, " +
+	"resolved once at start-up), then grant others with PUT /api/v0/admin/users/{user_id}/admin")
+
+// refuseAdminEmails fails the start when the removed IDENTITYD_ADMIN_EMAILS is still set, so an
+// operator learns that rights moved to user ids instead of silently running without admins.
+func refuseAdminEmails(args []string, getenv func(string) string) error {
+	if getenv("IDENTITYD_ADMIN_EMAILS") != "" {
+		return errAdminEmails
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && name == "admin-emails" {
+			return errAdminEmails
+		}
+	}
+	return nil
 }
 
 // splitList splits a comma-separated setting, dropping blanks.

@@ -32,7 +32,7 @@ import (
 func fxStart(e *env, logger *slog.Logger, mutate func(*config)) *instance {
 	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
+	cfg.SecretKey, cfg.BootstrapAdmin = e.secret, e.bootstrapAdmin
 	if mutate != nil {
 		mutate(&cfg)
 	}

@@ -37,7 +37,8 @@ type env struct {
 	natsURL string
 	dbURL   string
 	secret  []byte
-	admins  []string
+	// bootstrapAdmin is IDENTITYD_BOOTSTRAP_ADMIN of the instances the test starts.
+	bootstrapAdmin string
 	// forged are the stream positions of events a test forged on purpose: verify must report
 	// exactly these as signature_invalid.
 	forged []uint64
@@ -103,7 +104,7 @@ func (e *env) start() *instance {
 func (e *env) startWith(edit func(*config)) *instance {
 	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.AdminEmails = e.secret, e.admins
+	cfg.SecretKey, cfg.BootstrapAdmin = e.secret, e.bootstrapAdmin
 	edit(&cfg)
 	return startInstance(e.t, cfg, nil)
 }

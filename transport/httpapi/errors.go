@@ -53,6 +53,8 @@ var codes = map[string]errorCode{
 	"invalid_filter":          {400, typeInvalidRequest, "Invalid filter", "A query parameter is malformed: limit must be 1 to 200, since/until RFC 3339 date-times, user_id a UUID."},
 	"scope_not_granted":       {403, typePermission, "Scope not granted", "This endpoint needs a scope the caller does not have (admin endpoints need an administrator)."},
 	"token_not_found":         {404, typeNotFound, "API token not found", "You have no API token with this id."},
+	"user_not_found":          {404, typeNotFound, "User not found", "No user has this id, or the user was deleted."},
+	"admin_self_revocation":   {409, typeConflict, "Own administrator rights", "Administrators cannot revoke their own administrator rights; another administrator can."},
 	"not_found":               {404, typeNotFound, "Not found", "No such resource or path."},
 	"email_taken":             {409, typeConflict, "Email taken", "An account with this email already exists. Log in instead."},
 	"concurrent_modification": {409, typeConflict, "Concurrent modification", "The resource kept changing while this request was applied. Retry it."},

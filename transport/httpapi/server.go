@@ -62,9 +62,6 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
 	PublicURL string
-	// AdminEmails are the users (by email) who may use the admin endpoints. Set at bootstrap;
-	// organizations and roles come later.
-	AdminEmails []string
 	// TrustedProxies are the proxies whose X-Forwarded-For names the client address recorded in
 	// events; none by default, so the address is the connection's peer.
 	TrustedProxies []string
@@ -141,7 +138,11 @@ func New(cfg Config) (*API, error) {
 	authed.POST("/user/api-tokens", a.createToken)
 	authed.DELETE("/user/api-tokens/:id", a.revokeToken)
 	authed.GET("/user/events", a.userEvents)
-	authed.GET("/admin/events", a.requireAdmin, a.adminEvents)
+	admin := authed.Group("/admin", a.requireAdmin)
+	admin.GET("/events", a.adminEvents)
+	admin.GET("/users/:user_id", a.getAdminUser)
+	admin.PUT("/users/:user_id/admin", a.grantAdmin)
+	admin.DELETE("/users/:user_id/admin", a.revokeAdmin)
 	return a, nil
 }
 
