@@ -174,6 +174,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
+		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: keys},
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
 		TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {

@@ -3,6 +3,11 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,7 +16,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/bench/benchtoken"
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -82,5 +89,58 @@ func TestForgedEventsAreRefused(t *testing.T) {
 	mustStatus(t, r, 200)
 	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim Again" {
 		t.Fatalf("rename after the forgery: %v", got)
+	}
+}
+
+// TestEventKeysArePublished: the keys at /api/v0/event-keys (and in the data dir's
+// event-keys.pub) verify what the service appends, and a keyring built from them alone refuses
+// an event signed with any other key.
+func TestEventKeysArePublished(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	dataDir := t.TempDir()
+	in := e.startWith(func(c *config) { c.DataDir = dataDir })
+	signUp(t, in.url, "keys@example.com", "Keys")
+	r := call(t, in.url, "GET", "/api/v0/event-keys", "", nil)
+	mustStatus(t, r, 200)
+	var body struct {
+		SigningKeyID string `json:"signing_key_id"`
+		Keys         []struct {
+			KeyID     string `json:"key_id"`
+			PublicKey string `json:"public_key"`
+		} `json:"keys"`
+	}
+	if err := json.Unmarshal(r.Body, &body); err != nil || len(body.Keys) != 1 || body.Keys[0].KeyID != body.SigningKeyID {
+		t.Fatalf("event keys: %s (%v)", r.Body, err)
+	}
+	pub, err := events.ParsePublicKey(body.Keys[0].PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, err := os.ReadFile(filepath.Join(dataDir, eventkeys.FileName))
+	if err != nil || !strings.Contains(string(file), pub.String()) {
+		t.Fatalf("%s: %q %v", eventkeys.FileName, file, err)
+	}
+	ring := events.NewKeyring(0, pub)
+	st := e.store()
+	evs, err := st.ReadAll(context.Background(), 1, 0)
+	if err != nil || len(evs) == 0 {
+		t.Fatal(err)
+	}
+	raw, err := st.JetStream().Stream(context.Background(), events.StreamName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ev := range evs {
+		m, err := raw.GetMsg(context.Background(), ev.Sequence)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ring.Decode(m.Subject, nats.Header(m.Header), m.Data, ev.Sequence); err != nil {
+			t.Fatalf("seq %d does not verify with the published key: %v", ev.Sequence, err)
+		}
+		other := events.NewKeyring(0, eventstoretest.Signer.PublicKey())
+		if _, err := other.Decode(m.Subject, nats.Header(m.Header), m.Data, ev.Sequence); !errors.Is(err, events.ErrUnknownKey) {
+			t.Fatalf("seq %d verifies with another key: %v", ev.Sequence, err)
+		}
 	}
 }

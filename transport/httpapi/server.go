@@ -58,6 +58,8 @@ type Config struct {
 	// Fence, when credentials are cached in memory, is the cache's commit wait; nil when not.
 	Fence Fence
 	Usage Usage
+	// EventKeys are published at /api/v0/event-keys (required).
+	EventKeys EventKeys
 	// Ready reports whether the backing services answer (for /readyz).
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
@@ -90,6 +92,9 @@ func (c *Config) fill() {
 func (c Config) Validate() error {
 	if c.Service == nil || c.ReadModel == nil || c.Barrier == nil || c.Usage == nil {
 		return errors.New("httpapi: Service, ReadModel, Barrier and Usage are required")
+	}
+	if c.EventKeys.Trusted == nil {
+		return errors.New("httpapi: EventKeys are required")
 	}
 	return nil
 }
@@ -129,6 +134,7 @@ func New(cfg Config) (*API, error) {
 	v0 := e.Group("/api/v0")
 	v0.POST("/users", a.signUp)
 	v0.POST("/sessions", a.logIn)
+	v0.GET("/event-keys", a.eventKeys)
 	authed := v0.Group("", a.authenticate)
 	authed.DELETE("/sessions/current", a.logOut)
 	authed.GET("/user", a.getUser)
