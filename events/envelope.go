@@ -139,9 +139,12 @@ func Encode(key SigningKey, id string, at time.Time, meta Metadata, prevChain st
 	content := contentHash(h, data)
 	chain := ChainHash(prevChain, content)
 	h.Set(HeaderChainHash, chain)
-	keyID, sig := key.sign(m.Subject, content, chain)
+	keyID, sig, mac := key.sign(m.Subject, content, chain)
 	h.Set(HeaderKeyID, keyID)
 	h.Set(HeaderSignature, sig)
+	if mac != "" {
+		h.Set(HeaderMAC, mac)
+	}
 	return m, chain, nil
 }
 
@@ -190,7 +193,7 @@ func ChainHash(prev, content string) string {
 // return an error wrapping ErrUndecodable.
 func (k *Keyring) Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, error) {
 	content := contentHash(h, data)
-	if err := k.verify(subject, h.Get(HeaderKeyID), h.Get(HeaderSignature), content, h.Get(HeaderChainHash), seq); err != nil {
+	if err := k.verify(subject, h.Get(HeaderKeyID), h.Get(HeaderSignature), h.Get(HeaderMAC), content, h.Get(HeaderChainHash), seq); err != nil {
 		return Envelope{Sequence: seq, NATSSubj: subject, ID: h.Get(HeaderID), Refusal: err}, err
 	}
 	env, err := decode(subject, h, data, seq)

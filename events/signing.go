@@ -3,6 +3,7 @@ package events
 import (
 	"crypto/ed25519"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/binary"
@@ -23,14 +24,24 @@ import (
 // chained attribute and the payload) and its chain hash, so moving, altering or re-chaining
 // an event breaks it. Replaying an untouched event breaks its aggregate's hash chain instead,
 // which verification reports.
+//
+// A third attribute, ce-mac, is a fast path for identityd's own readers: an HMAC-SHA256 over the
+// same bytes under a key derived from the service's secret key, which only identityd's instances
+// and its operators hold (they hold the signing key too). Verifying it costs about a
+// fiftieth of an Ed25519 verification, which is what lets a rebuild verify every event. A reader
+// without the MAC key, or an event whose MAC does not verify, falls back to the signature.
 const (
 	HeaderKeyID     = "ce-keyid"
 	HeaderSignature = "ce-signature"
+	HeaderMAC       = "ce-mac"
 )
 
-// signingKeyInfo is the HKDF info that derives the signing key from the service's secret key;
-// a new info string would be a new key.
-const signingKeyInfo = "identityd event signing key v1"
+// The HKDF infos that derive the signing and MAC keys from the service's secret key; a new info
+// string would be a new key.
+const (
+	signingKeyInfo = "identityd event signing key v1"
+	macKeyInfo     = "identityd event mac key v1"
+)
 
 // Errors of signature verification. Each also matches ErrUndecodable: a refused event cannot
 // be fixed by retrying.
@@ -107,10 +118,39 @@ func ParsePublicKeys(s string) ([]PublicKey, error) {
 	return out, nil
 }
 
-// SigningKey signs events. The zero value is not usable.
+// SigningKey signs events, and MACs them when it has a MAC key (WithMAC). The zero value is
+// not usable.
 type SigningKey struct {
 	priv ed25519.PrivateKey
 	pub  PublicKey
+	mac  []byte
+}
+
+// MACKey is the key of the ce-mac fast path, derived from the service's secret key.
+type MACKey []byte
+
+// DeriveMACKey derives the MAC key from the service's secret key (HKDF-SHA256).
+func DeriveMACKey(secret []byte) (MACKey, error) {
+	if len(secret) < 32 {
+		return nil, errors.New("event mac: the secret key must be at least 32 bytes")
+	}
+	k, err := hkdf.Key(sha256.New, secret, nil, macKeyInfo, 32)
+	if err != nil {
+		return nil, fmt.Errorf("event mac: %w", err)
+	}
+	return k, nil
+}
+
+// WithMAC returns the key that also writes ce-mac under mac.
+func (k SigningKey) WithMAC(mac MACKey) SigningKey {
+	k.mac = mac
+	return k
+}
+
+func (m MACKey) sum(signed []byte) []byte {
+	h := hmac.New(sha256.New, m)
+	h.Write(signed)
+	return h.Sum(nil)
 }
 
 // DeriveSigningKey derives the signing key from the service's secret key (HKDF-SHA256), so
@@ -140,10 +180,15 @@ func (k SigningKey) PublicKey() PublicKey { return k.pub }
 
 func (k SigningKey) valid() bool { return len(k.priv) == ed25519.PrivateKeySize }
 
-// sign returns the ce-keyid and ce-signature attributes of an event.
-func (k SigningKey) sign(natsSubject, contentHash, chainHash string) (string, string) {
-	sig := ed25519.Sign(k.priv, SignedBytes(natsSubject, contentHash, chainHash))
-	return k.pub.KeyID(), base64.RawURLEncoding.EncodeToString(sig)
+// sign returns the ce-keyid, ce-signature and ce-mac ("" without a MAC key) attributes of an
+// event.
+func (k SigningKey) sign(natsSubject, contentHash, chainHash string) (keyID, sig, mac string) {
+	signed := SignedBytes(natsSubject, contentHash, chainHash)
+	sig = base64.RawURLEncoding.EncodeToString(ed25519.Sign(k.priv, signed))
+	if len(k.mac) > 0 {
+		mac = base64.RawURLEncoding.EncodeToString(MACKey(k.mac).sum(signed))
+	}
+	return k.pub.KeyID(), sig, mac
 }
 
 // SignedBytes is what an event's signature covers: a domain-separation label, then the NATS
@@ -165,6 +210,15 @@ func SignedBytes(natsSubject, contentHash, chainHash string) []byte {
 type Keyring struct {
 	keys            map[string]ed25519.PublicKey
 	unsignedThrough uint64
+	mac             MACKey
+}
+
+// WithMAC returns a keyring that also accepts an event on its ce-mac under mac (the fast path
+// of identityd's own readers), falling back to the signature when the MAC does not verify.
+func (k *Keyring) WithMAC(mac MACKey) *Keyring {
+	c := *k
+	c.mac = mac
+	return &c
 }
 
 // NewKeyring trusts keys, and unsigned events at stream sequences up to unsignedThrough (0:
@@ -192,7 +246,13 @@ func (k *Keyring) Keys() []PublicKey {
 func (k *Keyring) UnsignedThrough() uint64 { return k.unsignedThrough }
 
 // verify checks the signature attributes of a message stored under natsSubject at seq.
-func (k *Keyring) verify(natsSubject, keyID, sig, contentHash, chainHash string, seq uint64) error {
+func (k *Keyring) verify(natsSubject, keyID, sig, mac, contentHash, chainHash string, seq uint64) error {
+	if len(k.mac) > 0 && mac != "" {
+		got, err := base64.RawURLEncoding.DecodeString(mac)
+		if err == nil && hmac.Equal(got, k.mac.sum(SignedBytes(natsSubject, contentHash, chainHash))) {
+			return nil
+		}
+	}
 	if keyID == "" && sig == "" {
 		if seq != 0 && seq <= k.unsignedThrough {
 			return nil

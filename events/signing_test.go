@@ -155,3 +155,69 @@ func FuzzParsePublicKey(f *testing.F) {
 		}
 	})
 }
+
+// TestMACFastPath: identityd's own readers accept an event on its MAC; a reader without the
+// MAC key, or an event whose MAC fails, falls back to the signature, so the MAC never lets
+// through what the signature would refuse, and a garbled MAC never refuses a genuine event.
+func TestMACFastPath(t *testing.T) {
+	mac := MACKey(bytes.Repeat([]byte{3}, 32))
+	key := testKey.WithMAC(mac)
+	withMAC := testKeyring.WithMAC(mac)
+	m, _, err := Encode(key, "id-1", fixAt, Metadata{Actor: "system"}, "", Renamed(fixUser, "A", "B"))
+	if err != nil || m.Header.Get(HeaderMAC) == "" {
+		t.Fatalf("no ce-mac: %v", err)
+	}
+	for name, ring := range map[string]*Keyring{"mac": withMAC, "signature only": testKeyring} {
+		if _, err := ring.Decode(m.Subject, m.Header, m.Data, 1); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+	}
+	// A holder of the MAC key is trusted without a signature (only identityd holds it) ...
+	macOnly := copyMsg(m)
+	macOnly.Header.Del(HeaderSignature)
+	macOnly.Header.Del(HeaderKeyID)
+	if _, err := withMAC.Decode(macOnly.Subject, macOnly.Header, macOnly.Data, 1); err != nil {
+		t.Fatalf("MAC only, reader with the MAC key: %v", err)
+	}
+	if _, err := testKeyring.Decode(macOnly.Subject, macOnly.Header, macOnly.Data, 1); !errors.Is(err, ErrUnsigned) {
+		t.Fatalf("MAC only, reader without it: %v", err)
+	}
+	// ... a garbled MAC falls back to the valid signature ...
+	garbled := copyMsg(m)
+	garbled.Header.Set(HeaderMAC, "AAAA")
+	if _, err := withMAC.Decode(garbled.Subject, garbled.Header, garbled.Data, 1); err != nil {
+		t.Fatalf("garbled MAC, valid signature: %v", err)
+	}
+	// ... and altered content fails both.
+	altered := copyMsg(m)
+	altered.Data = bytes.Replace(altered.Data, []byte(`"B"`), []byte(`"M"`), -1)
+	if _, err := withMAC.Decode(altered.Subject, altered.Header, altered.Data, 1); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("altered: %v", err)
+	}
+	// A MAC under another key (an attacker's guess) does not count.
+	other, _, err := Encode(testKey.WithMAC(MACKey(bytes.Repeat([]byte{4}, 32))), "id-1", fixAt, Metadata{}, "", Renamed(fixUser, "A", "B"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Header.Del(HeaderSignature)
+	if _, err := withMAC.Decode(other.Subject, other.Header, other.Data, 1); err == nil {
+		t.Fatal("a MAC under another key was accepted")
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	mac := MACKey(bytes.Repeat([]byte{3}, 32))
+	m, _, err := Encode(testKey.WithMAC(mac), "id-1", fixAt, Metadata{Actor: "system"}, "", Renamed(fixUser, "A", "B"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for name, ring := range map[string]*Keyring{"mac": testKeyring.WithMAC(mac), "signature": testKeyring} {
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := ring.Decode(m.Subject, m.Header, m.Data, 1); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

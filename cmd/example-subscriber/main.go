@@ -121,7 +121,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if unsigned, err := strconv.ParseUint(get("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), 10, 64); err != nil {
 		errs = append(errs, errors.New("--events-unsigned-through: want a stream sequence"))
-	} else if c.Keys, err = eventkeys.ReaderKeyring(get("IDENTITYD_EVENT_PUBLIC_KEYS"), get("IDENTITYD_DATA_DIR"), unsigned); err != nil {
+	} else if c.Keys, err = eventkeys.ReaderKeyring(get("IDENTITYD_EVENT_PUBLIC_KEYS"), get("IDENTITYD_DATA_DIR"), unsigned, nil); err != nil {
 		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)

@@ -80,9 +80,12 @@ type cli struct {
 	// data dir); unsignedThrough accepts unsigned events up to that stream sequence.
 	eventKeys       string
 	unsignedThrough uint64
-	out             *json.Encoder
-	stderr          io.Writer
-	tty             bool
+	// secretKey is identityd's IDENTITYD_SECRET_KEY if set: with it (or the data dir's
+	// secret.key) events are verified by their MAC, a fiftieth of the signature's cost.
+	secretKey string
+	out       *json.Encoder
+	stderr    io.Writer
+	tty       bool
 
 	nc    *nats.Conn
 	store *eventstore.Store
@@ -120,7 +123,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *dataDir == "" {
 		*dataDir = "./data"
 	}
-	c.dataDir, c.eventKeys = *dataDir, *eventKeys
+	c.dataDir, c.eventKeys, c.secretKey = *dataDir, *eventKeys, getenv("IDENTITYD_SECRET_KEY")
 	if *unsignedThrough != "" {
 		n, err := strconv.ParseUint(*unsignedThrough, 10, 64)
 		if err != nil {
@@ -213,7 +216,11 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
-	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough)
+	secret, err := eventkeys.ReadSecret(c.secretKey, c.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough, secret)
 	if err != nil {
 		return nil, err
 	}

@@ -81,7 +81,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	}
 	key := cfg.SecretKey
 	if key == nil {
-		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "secret.key")); err != nil {
+		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, eventkeys.SecretFileName)); err != nil {
 			return nil, err
 		}
 	}
@@ -89,7 +89,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	keys, err := eventkeys.ServiceKeyring(signer, cfg.EventPublicKeys, cfg.UnsignedThrough)
+	keys, err := eventkeys.ServiceKeyring(key, signer, cfg.EventPublicKeys, cfg.UnsignedThrough)
 	if err != nil {
 		return nil, err
 	}

@@ -16,18 +16,23 @@ import (
 	"github.com/identityd/identityd/events/eventstore"
 )
 
-// Signer signs the events tests append; Keys trusts it (and nothing unsigned).
+// Signer signs (and MACs) the events tests append; Keys trusts it, nothing unsigned, and takes
+// the MAC fast path as identityd's own readers do. SignatureKeys trusts the same key without
+// the MAC key, as a subscriber given only the public key does.
 var (
-	Signer = mustKey()
-	Keys   = events.NewKeyring(0, Signer.PublicKey())
+	Signer        = mustKey()
+	SignatureKeys = events.NewKeyring(0, Signer.PublicKey())
+	Keys          = SignatureKeys.WithMAC(testMAC)
 )
+
+var testMAC = events.MACKey(bytes.Repeat([]byte("test-mac"), 4))
 
 func mustKey() events.SigningKey {
 	k, err := events.NewSigningKey(bytes.Repeat([]byte("test-key"), 4))
 	if err != nil {
 		panic(err) // a constant 32-byte seed
 	}
-	return k
+	return k.WithMAC(testMAC)
 }
 
 // Start runs a server (cfg.StoreDir defaults to a temporary directory) and opens the store.

@@ -743,7 +743,7 @@ func (b *bench) scenarioRebuild(ctx context.Context) error {
 	logf("  identityctl projections rebuild over %d events", last)
 	t1 := time.Now()
 	out, err := b.runCmd(ctx, "identityctl-rebuild", b.binPath("identityctl"), []string{"projections", "rebuild"},
-		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_NATS_REPLICAS="+strconv.Itoa(b.opt.natsNodes), "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data"), "IDENTITYD_EVENT_PUBLIC_KEYS="+b.signer.PublicKey().String()))
+		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_NATS_REPLICAS="+strconv.Itoa(b.opt.natsNodes), "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data"), "IDENTITYD_EVENT_PUBLIC_KEYS="+b.signer.PublicKey().String(), "IDENTITYD_SECRET_KEY="+b.secretKey))
 	wall := time.Since(t1)
 	if err != nil {
 		return err

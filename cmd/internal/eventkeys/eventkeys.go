@@ -5,6 +5,7 @@
 package eventkeys
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -19,22 +20,35 @@ import (
 const FileName = "event-keys.pub"
 
 // Signer is identityd's signing key: from seed when set (32 bytes), else derived from the
-// service's secret key.
+// service's secret key; it also writes the ce-mac fast path under the MAC key derived from the
+// secret key.
 func Signer(secret, seed []byte) (events.SigningKey, error) {
-	if len(seed) > 0 {
-		return events.NewSigningKey(seed)
+	mac, err := events.DeriveMACKey(secret)
+	if err != nil {
+		return events.SigningKey{}, err
 	}
-	return events.DeriveSigningKey(secret)
+	var k events.SigningKey
+	if len(seed) > 0 {
+		k, err = events.NewSigningKey(seed)
+	} else {
+		k, err = events.DeriveSigningKey(secret)
+	}
+	return k.WithMAC(mac), err
 }
 
 // ServiceKeyring is what identityd trusts: its own key, the extra keys (those of earlier
-// rotations, in text form) and unsigned events through unsignedThrough.
-func ServiceKeyring(signer events.SigningKey, extra string, unsignedThrough uint64) (*events.Keyring, error) {
+// rotations, in text form), unsigned events through unsignedThrough, and the MAC fast path
+// under the key derived from secret.
+func ServiceKeyring(secret []byte, signer events.SigningKey, extra string, unsignedThrough uint64) (*events.Keyring, error) {
 	keys, err := events.ParsePublicKeys(extra)
 	if err != nil {
 		return nil, err
 	}
-	return events.NewKeyring(unsignedThrough, append([]events.PublicKey{signer.PublicKey()}, keys...)...), nil
+	mac, err := events.DeriveMACKey(secret)
+	if err != nil {
+		return nil, err
+	}
+	return events.NewKeyring(unsignedThrough, append([]events.PublicKey{signer.PublicKey()}, keys...)...).WithMAC(mac), nil
 }
 
 // WriteFile publishes the keyring's keys (signing key first) into dir, readable by all: they are
@@ -57,8 +71,9 @@ func WriteFile(dir string, signer events.SigningKey, ring *events.Keyring) error
 }
 
 // ReaderKeyring is what a reader trusts: the keys given in text form, or else those of the
-// file identityd wrote into dataDir.
-func ReaderKeyring(keys, dataDir string, unsignedThrough uint64) (*events.Keyring, error) {
+// file identityd wrote into dataDir. A reader given identityd's secret key (an operator's
+// identityctl) also takes the MAC fast path; secret may be nil.
+func ReaderKeyring(keys, dataDir string, unsignedThrough uint64, secret []byte) (*events.Keyring, error) {
 	src := "IDENTITYD_EVENT_PUBLIC_KEYS"
 	if strings.TrimSpace(keys) == "" {
 		path := filepath.Join(dataDir, FileName)
@@ -78,5 +93,34 @@ func ReaderKeyring(keys, dataDir string, unsignedThrough uint64) (*events.Keyrin
 	if len(parsed) == 0 {
 		return nil, fmt.Errorf("%s: no keys", src)
 	}
-	return events.NewKeyring(unsignedThrough, parsed...), nil
+	ring := events.NewKeyring(unsignedThrough, parsed...)
+	if len(secret) > 0 {
+		mac, err := events.DeriveMACKey(secret)
+		if err != nil {
+			return nil, err
+		}
+		ring = ring.WithMAC(mac)
+	}
+	return ring, nil
+}
+
+// SecretFileName is the file in the data dir that holds a generated secret key (hex).
+const SecretFileName = "secret.key"
+
+// ReadSecret is the service's secret key for a reader: hexKey when set, else the data dir's
+// secret key file if there is one and it can be read; nil when neither is available.
+func ReadSecret(hexKey, dataDir string) ([]byte, error) {
+	src := "IDENTITYD_SECRET_KEY"
+	if hexKey == "" {
+		b, err := os.ReadFile(filepath.Join(dataDir, SecretFileName)) //nolint:gosec // the configured data dir
+		if err != nil {
+			return nil, nil //nolint:nilerr // no secret at hand: the reader verifies signatures only
+		}
+		hexKey, src = strings.TrimSpace(string(b)), filepath.Join(dataDir, SecretFileName)
+	}
+	key, err := hex.DecodeString(strings.TrimSpace(hexKey))
+	if err != nil || len(key) < 32 {
+		return nil, fmt.Errorf("%s: not a hex key of at least 32 bytes", src)
+	}
+	return key, nil
 }
