@@ -26,8 +26,8 @@ type EmailClaim struct {
 func loadEmailClaim(normalized string, history []events.Envelope) *EmailClaim {
 	c := &EmailClaim{agg: events.EmailAggregate(normalized)}
 	for _, e := range history {
-		c.version = e.Sequence // a refused event holds a position but changes nothing (User.follow)
-		if e.Refusal == nil {
+		c.version = e.Sequence // a refused or replayed event holds a position but changes nothing (User.follow)
+		if e.Refusal == nil && e.Continues(c.chain) {
 			c.apply(e.Data)
 			c.chain = e.ChainHash
 		}

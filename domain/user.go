@@ -138,11 +138,12 @@ func loadUser(id uuid.UUID, history []events.Envelope) *User {
 }
 
 // follow applies one stored event of the user's history. An event refused by signature
-// verification holds a stream position (the next append expects it) but changes nothing, and
-// the chain continues from the last genuine event.
+// verification, or one that does not continue the chain (a replayed older event), holds a
+// stream position (the next append expects it) but changes nothing, and the chain continues
+// from the last accepted event.
 func (u *User) follow(e events.Envelope) {
 	u.version = e.Sequence
-	if e.Refusal != nil {
+	if e.Refusal != nil || !e.Continues(u.chain) {
 		return
 	}
 	u.apply(e.Data)

@@ -177,6 +177,14 @@ func contentHash(h nats.Header, data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// Continues reports whether the event follows prev, the chain hash of the last event accepted
+// from its aggregate ("" for none): its chain hash must be ChainHash(prev, its content). A
+// genuine event appended anywhere but at its aggregate's head — a replay of an older one — does
+// not. Events written before chaining (no chain hash) continue any chain.
+func (e Envelope) Continues(prev string) bool {
+	return e.ChainHash == "" || ChainHash(prev, e.ContentHash) == e.ChainHash
+}
+
 // ChainHash links an event's content hash to the chain hash of the previous event of the same
 // aggregate ("" for the first): hex SHA-256 of prev + ":" + content.
 func ChainHash(prev, content string) string {

@@ -138,6 +138,7 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 	progress func(pos, end uint64),
 ) (*fold, uint64, uint64, error) {
 	m := newFold()
+	heads := newChainHeads()
 	var pos, n uint64
 	ra := source(ctx)
 	defer ra.stop()
@@ -158,9 +159,10 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 				break
 			}
 			pos = e.Sequence
-			if e.Refusal != nil {
-				continue // refused by signature verification: never applied (the projector poisons it)
+			if e.Refusal != nil || !heads.continues(e) {
+				continue // refused by its signature (the projector poisons it) or a replay (dropReplays)
 			}
+			heads.accept(e)
 			if err := m.apply(e); err != nil {
 				return nil, 0, 0, err
 			}

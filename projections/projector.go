@@ -191,9 +191,13 @@ func (p *Projector) handle(msg *message.Message) error {
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
 	}
 	start := time.Now()
-	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
+	pos, replays, err := applyBatchReplays(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
 	if err != nil {
 		return err
+	}
+	for _, seq := range replays {
+		p.refused.Add(1)
+		p.cfg.Logger.Error("refused a replayed event: a genuine event appended again under a new position; not applied", "seq", seq)
 	}
 	p.advance(pos)
 	p.cfg.Logger.Debug("projected batch", "events", len(batch), "position", pos, "apply_ms", float64(time.Since(start).Microseconds())/1000)
@@ -209,8 +213,8 @@ func (p *Projector) refuse(seq uint64, subject string, err error) {
 		"seq", seq, "subject", subject, "err", err, "poison_stream", PoisonStream)
 }
 
-// Refused is the number of events refused by signature verification since the projector
-// started.
+// Refused is the number of events refused since the projector started: by signature
+// verification, or as replays of events applied before.
 func (p *Projector) Refused() uint64 { return p.refused.Load() }
 
 func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {

@@ -204,6 +204,7 @@ func indexDefs(t Tables) []indexDef {
 		{t.Audit(), "type", "(type, seq)", false},
 		{t.Audit(), "actor", "(actor, seq)", false},
 		{t.Audit(), "time", "(occurred_at)", false},
+		{t.Audit(), "event", "(event_id)", true}, // each event is applied once: dropReplays
 	}
 	out := make([]indexDef, len(defs))
 	for i, d := range defs {

@@ -39,9 +39,9 @@ type env struct {
 	secret  []byte
 	// bootstrapAdmin is IDENTITYD_BOOTSTRAP_ADMIN of the instances the test starts.
 	bootstrapAdmin string
-	// forged are the stream positions of events a test forged on purpose: verify must report
-	// exactly these as signature_invalid.
-	forged []uint64
+	// forged and replayed are the stream positions of events a test forged or replayed on
+	// purpose: verify must report exactly these, as signature_invalid and hash_chain_broken.
+	forged, replayed []uint64
 }
 
 func newEnv(t *testing.T, backend dbtest.Backend) *env {
@@ -71,16 +71,19 @@ func (e *env) verify() {
 	if err != nil {
 		e.t.Fatalf("verify: %v", err)
 	}
-	var refused []uint64
+	var forged, replayed []uint64
 	for _, d := range rep.Differences {
-		if d.Kind == "signature_invalid" && slices.Contains(e.forged, d.Sequence) {
-			refused = append(refused, d.Sequence)
-			continue
+		switch {
+		case d.Kind == "signature_invalid" && slices.Contains(e.forged, d.Sequence):
+			forged = append(forged, d.Sequence)
+		case d.Kind == "hash_chain_broken" && slices.Contains(e.replayed, d.Sequence):
+			replayed = append(replayed, d.Sequence)
+		default:
+			e.t.Errorf("verify: %+v", d)
 		}
-		e.t.Errorf("verify: %+v", d)
 	}
-	if len(refused) != len(e.forged) {
-		e.t.Errorf("verify reported forged events at %v, want %v", refused, e.forged)
+	if len(forged) != len(e.forged) || len(replayed) != len(e.replayed) {
+		e.t.Errorf("verify reported forged events at %v and replays at %v, want %v and %v", forged, replayed, e.forged, e.replayed)
 	}
 	if rep.Events == 0 && rep.StreamLast > 0 {
 		e.t.Errorf("verify checked nothing: read model at %d of %d", rep.Position, rep.StreamLast)
