@@ -247,7 +247,10 @@ func (k *Keyring) UnsignedThrough() uint64 { return k.unsignedThrough }
 
 // verify checks the signature attributes of a message stored under natsSubject at seq.
 func (k *Keyring) verify(natsSubject, keyID, sig, mac, contentHash, chainHash string, seq uint64) error {
-	if len(k.mac) > 0 && mac != "" {
+	// The MAC stands in for checking the signature, not for having one: the event must still
+	// name a trusted key and carry a signature, so a key removed from the keyring refuses its
+	// events here as it does for a reader without the MAC key.
+	if _, trusted := k.keys[keyID]; len(k.mac) > 0 && mac != "" && trusted && sig != "" {
 		got, err := base64.RawURLEncoding.DecodeString(mac)
 		if err == nil && hmac.Equal(got, k.mac.sum(SignedBytes(natsSubject, contentHash, chainHash))) {
 			return nil

@@ -172,15 +172,20 @@ func TestMACFastPath(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	// A holder of the MAC key is trusted without a signature (only identityd holds it) ...
+	// The MAC never accepts what a signature-only reader refuses: an event without a signature,
+	// or one whose key was removed from the keyring ...
 	macOnly := copyMsg(m)
 	macOnly.Header.Del(HeaderSignature)
 	macOnly.Header.Del(HeaderKeyID)
-	if _, err := withMAC.Decode(macOnly.Subject, macOnly.Header, macOnly.Data, 1); err != nil {
-		t.Fatalf("MAC only, reader with the MAC key: %v", err)
+	for name, ring := range map[string]*Keyring{"mac": withMAC, "signature only": testKeyring} {
+		if _, err := ring.Decode(macOnly.Subject, macOnly.Header, macOnly.Data, 1); !errors.Is(err, ErrUnsigned) {
+			t.Fatalf("MAC only, %s reader: %v", name, err)
+		}
 	}
-	if _, err := testKeyring.Decode(macOnly.Subject, macOnly.Header, macOnly.Data, 1); !errors.Is(err, ErrUnsigned) {
-		t.Fatalf("MAC only, reader without it: %v", err)
+	next, _ := NewSigningKey(bytes.Repeat([]byte{9}, 32))
+	rotated := NewKeyring(0, next.PublicKey()).WithMAC(mac)
+	if _, err := rotated.Decode(m.Subject, m.Header, m.Data, 1); !errors.Is(err, ErrUnknownKey) {
+		t.Fatalf("valid MAC, key removed from the keyring: %v", err)
 	}
 	// ... a garbled MAC falls back to the valid signature ...
 	garbled := copyMsg(m)

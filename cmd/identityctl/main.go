@@ -83,9 +83,12 @@ type cli struct {
 	// secretKey is identityd's IDENTITYD_SECRET_KEY if set: with it (or the data dir's
 	// secret.key) events are verified by their MAC, a fiftieth of the signature's cost.
 	secretKey string
-	out       *json.Encoder
-	stderr    io.Writer
-	tty       bool
+	// signaturesOnly verifies every event's Ed25519 signature, as a subscriber does, even with
+	// the secret key at hand (verify: the audit must see what consumers see).
+	signaturesOnly bool
+	out            *json.Encoder
+	stderr         io.Writer
+	tty            bool
 
 	nc    *nats.Conn
 	store *eventstore.Store
@@ -216,9 +219,11 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
-	secret, err := eventkeys.ReadSecret(c.secretKey, c.dataDir)
-	if err != nil {
-		return nil, err
+	var secret []byte
+	if !c.signaturesOnly {
+		if secret, err = eventkeys.ReadSecret(c.secretKey, c.dataDir); err != nil {
+			return nil, err
+		}
 	}
 	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough, secret)
 	if err != nil {

@@ -62,15 +62,18 @@ func bootstrapAdmin(ctx context.Context, setting string, svc *domain.Service, st
 	if err != nil {
 		return 0, fmt.Errorf("IDENTITYD_BOOTSTRAP_ADMIN: %w", err)
 	}
-	// The first admin_granted of the whole stream, if any: one batched direct get.
-	first, err := store.Read(ctx, adminGrantedFilter, 1, 1)
+	// The first genuine admin_granted of the whole stream, if any: batched direct gets. Events
+	// refused by their signature do not count, so a forged grant cannot block the bootstrap.
+	grants, err := store.Read(ctx, adminGrantedFilter, 1, 0)
 	if err != nil {
 		return 0, fmt.Errorf("bootstrap admin: look for earlier grants: %w", err)
 	}
-	if len(first) > 0 {
-		logger.Info("bootstrap admin: administrators were granted before; IDENTITYD_BOOTSTRAP_ADMIN is ignored",
-			"first_grant_seq", first[0].Sequence)
-		return 0, nil
+	for _, g := range grants {
+		if g.Refusal == nil {
+			logger.Info("bootstrap admin: administrators were granted before; IDENTITYD_BOOTSTRAP_ADMIN is ignored",
+				"first_grant_seq", g.Sequence)
+			return 0, nil
+		}
 	}
 	id := target.id
 	if id == uuid.Nil {

@@ -213,3 +213,41 @@ func TestReplayedEventsAreRefused(t *testing.T) {
 	}
 	mustStatus(t, call(t, other.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Owner Thrice"}), 200)
 }
+
+// TestForgedGrantDoesNotBlockBootstrap: an admin_granted written without the signing key
+// before the first administrator exists neither makes an administrator nor stops the bootstrap
+// (which happens once, after the first genuine grant).
+func TestForgedGrantDoesNotBlockBootstrap(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	in := e.start()
+	opsSession, ops := signUp(t, in.url, "ops@example.com", "Ops")
+	attackerSession, attacker := signUp(t, in.url, "mallory@example.com", "Mallory")
+	key, err := events.NewSigningKey(bytes.Repeat([]byte("mallory!"), 4))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _, err := events.Encode(key, uuid.NewString(), time.Now().UTC(), events.Metadata{Actor: "system"}, "",
+		events.AdminGranted{Versioned: events.V(), UserID: uuid.MustParse(attacker)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := js.PublishMsg(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.forged = append(e.forged, ack.Sequence)
+
+	e.bootstrapAdmin = ops
+	admin := e.start()
+	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", opsSession, nil), 200)
+	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", attackerSession, nil), 403)
+}
