@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -271,4 +272,50 @@ func (k *Keyring) verify(natsSubject, keyID, sig, mac, contentHash, chainHash st
 		return refusal{fmt.Errorf("%w: seq %d", ErrBadSignature, seq)}
 	}
 	return nil
+}
+
+// Stream metadata that records, signed, the stream position from which every event is signed:
+// events before it were written before identityd signed its events. Readers trust it only if
+// the signature verifies, so someone who can change the stream's configuration can remove it
+// (identityd then refuses to start until it is restored) but not move it.
+const (
+	MetadataSignedFrom          = "identityd_signed_from"
+	MetadataSignedFromSignature = "identityd_signed_from_signature"
+)
+
+func signedFromBytes(stream string, from uint64) []byte {
+	return SignedBytes(stream, "signed_from", strconv.FormatUint(from, 10))
+}
+
+// SignedFrom returns the stream metadata recording that every event of stream from position
+// from on is signed.
+func (k SigningKey) SignedFrom(stream string, from uint64) map[string]string {
+	sig := ed25519.Sign(k.priv, signedFromBytes(stream, from))
+	return map[string]string{
+		MetadataSignedFrom:          strconv.FormatUint(from, 10),
+		MetadataSignedFromSignature: k.pub.KeyID() + ":" + base64.RawURLEncoding.EncodeToString(sig),
+	}
+}
+
+// SignedFrom reads the position recorded by SigningKey.SignedFrom in a stream's metadata: ok
+// only if it is there and signed by a trusted key.
+func (k *Keyring) SignedFrom(stream string, md map[string]string) (uint64, bool) {
+	from, err := strconv.ParseUint(md[MetadataSignedFrom], 10, 64)
+	keyID, sig, found := strings.Cut(md[MetadataSignedFromSignature], ":")
+	pub, trusted := k.keys[keyID]
+	if err != nil || from == 0 || !found || !trusted {
+		return 0, false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(sig)
+	if err != nil || !ed25519.Verify(pub, signedFromBytes(stream, from), raw) {
+		return 0, false
+	}
+	return from, true
+}
+
+// WithUnsignedThrough returns the keyring accepting unsigned events up to seq instead.
+func (k *Keyring) WithUnsignedThrough(seq uint64) *Keyring {
+	c := *k
+	c.unsignedThrough = seq
+	return &c
 }

@@ -226,3 +226,29 @@ func BenchmarkVerify(b *testing.B) {
 		})
 	}
 }
+
+// TestSignedFrom: the stream's record of where signing began is trusted only with a valid
+// signature by a trusted key, for that stream and that position.
+func TestSignedFrom(t *testing.T) {
+	md := testKey.SignedFrom("IDENTITY", 42)
+	if from, ok := testKeyring.SignedFrom("IDENTITY", md); !ok || from != 42 {
+		t.Fatalf("%d %v", from, ok)
+	}
+	moved := map[string]string{MetadataSignedFrom: "1000", MetadataSignedFromSignature: md[MetadataSignedFromSignature]}
+	other, _ := NewSigningKey(bytes.Repeat([]byte{8}, 32))
+	for name, c := range map[string]struct {
+		stream string
+		md     map[string]string
+	}{
+		"moved":         {"IDENTITY", moved},
+		"other stream":  {"OTHER", md},
+		"untrusted key": {"IDENTITY", other.SignedFrom("IDENTITY", 42)},
+		"missing":       {"IDENTITY", map[string]string{}},
+		"no signature":  {"IDENTITY", map[string]string{MetadataSignedFrom: "42"}},
+		"garbage":       {"IDENTITY", map[string]string{MetadataSignedFrom: "x", MetadataSignedFromSignature: "a:b"}},
+	} {
+		if _, ok := testKeyring.SignedFrom(c.stream, c.md); ok {
+			t.Errorf("%s: trusted", name)
+		}
+	}
+}
