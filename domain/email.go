@@ -26,8 +26,11 @@ type EmailClaim struct {
 func loadEmailClaim(normalized string, history []events.Envelope) *EmailClaim {
 	c := &EmailClaim{agg: events.EmailAggregate(normalized)}
 	for _, e := range history {
-		c.apply(e.Data)
-		c.version, c.chain = e.Sequence, e.ChainHash
+		c.version = e.Sequence // a refused or replayed event holds a position but changes nothing (User.follow)
+		if e.Refusal == nil && e.Continues(c.chain) {
+			c.apply(e.Data)
+			c.chain = e.ChainHash
+		}
 	}
 	return c
 }

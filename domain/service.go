@@ -26,6 +26,12 @@ var (
 	ErrInvalidCredentials = errors.New("invalid email or password")
 	// ErrIdempotencyKeyReused: an idempotency key was sent again with a different request.
 	ErrIdempotencyKeyReused = errors.New("idempotency key reused with a different request")
+	// ErrIdempotencyKeySpent: a retry whose first answer's credential (session or API token) has
+	// since expired, ended or been revoked. Replaying the answer would hand out a token that
+	// cannot work, and starting another under the same key would turn one request into a
+	// standing log-in capability, so the key is spent: the client sends a new one. It is an
+	// ErrIdempotencyKeyReused (same answer, 409), with its own message.
+	ErrIdempotencyKeySpent = fmt.Errorf("%w: the credential it created has expired, ended or been revoked", ErrIdempotencyKeyReused)
 )
 
 // Change is one event decided by an aggregate, with the id and time it is recorded under.
@@ -241,17 +247,25 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 func (s *Service) replaySignUp(ctx context.Context, userID, sessionID uuid.UUID, token string, in SignUp) (SignedUp, error) {
 	var out SignedUp
 	err := s.read(ctx, userID, func(u *User) error {
-		if ss, ok := u.sessions[sessionID]; !ok || ss.ended || u.name != mustName(in.Name) {
+		ss, ok := u.sessions[sessionID]
+		if !ok || u.name != mustName(in.Name) {
 			return ErrIdempotencyKeyReused
 		}
 		if ok, _ := verifyPassword(u.pwHash, in.Password); !ok {
 			return ErrIdempotencyKeyReused
+		}
+		if !ss.live(s.cfg.Now()) {
+			return ErrIdempotencyKeySpent // that first session was logged out or has expired
 		}
 		out = SignedUp{Result: Result{Seq: u.version}, User: u.View(), Session: u.sessionView(sessionID), Token: token}
 		return nil
 	})
 	return out, err
 }
+
+// live reports whether a session's token still authenticates at now: not logged out and not
+// expired (expiry as the read model checks it, projections.Credential.Expired).
+func (ss *session) live(now time.Time) bool { return !ss.ended && now.Before(ss.expiresAt) }
 
 func mustName(n string) string {
 	v, _ := normalizeName(n)
@@ -305,8 +319,8 @@ func (s *Service) LogIn(ctx context.Context, meta events.Metadata, in LogIn) (Lo
 		}
 		if ss, done := u.sessions[sessionID]; !done {
 			u.startSession(sessionID, Digest(token), s.cfg.Now(), s.cfg.SessionTTL)
-		} else if ss.ended {
-			return ErrIdempotencyKeyReused // that session was logged out: the key is spent
+		} else if !ss.live(s.cfg.Now()) {
+			return ErrIdempotencyKeySpent // that session was logged out or has expired
 		}
 		out = LoggedIn{UserID: userID, Token: token}
 		return nil
@@ -377,8 +391,11 @@ func (s *Service) CreateToken(ctx context.Context, meta events.Metadata, userID 
 	out := CreatedToken{Secret: secret}
 	res, err := s.update(ctx, meta, scope, userID, func(u *User) error {
 		if t, ok := u.tokens[tokenID]; ok { // a retry with the same idempotency key
-			if t.revoked || t.description != in.Description || !sameTime(t.expiresAt, in.ExpiresAt) {
-				return ErrIdempotencyKeyReused // never hand back a dead credential as new
+			if t.description != in.Description || !sameTime(t.expiresAt, in.ExpiresAt) {
+				return ErrIdempotencyKeyReused
+			}
+			if t.revoked || (t.expiresAt != nil && !s.cfg.Now().Before(*t.expiresAt)) {
+				return ErrIdempotencyKeySpent // never hand back a dead credential as new
 			}
 			return nil
 		}
@@ -398,6 +415,48 @@ func sameTime(a, b *time.Time) bool {
 // RevokeToken revokes one of the user's API tokens.
 func (s *Service) RevokeToken(ctx context.Context, meta events.Metadata, userID, tokenID uuid.UUID) (Result, error) {
 	return s.update(ctx, meta, "", userID, func(u *User) error { return u.revokeToken(tokenID) }, nil)
+}
+
+// GrantAdmin makes a user an administrator. Granting an administrator changes nothing (Seq is
+// then the user's current version, to wait for like any other answer). The caller decides who
+// may grant: the HTTP API lets administrators do it, identityd's start-up bootstrap does it
+// once (actor "system").
+func (s *Service) GrantAdmin(ctx context.Context, meta events.Metadata, userID uuid.UUID) (Result, error) {
+	return s.update(ctx, meta, "", userID, func(u *User) error { u.grantAdmin(); return nil }, nil)
+}
+
+// RevokeAdmin takes a user's administrator rights away; by, the administrator asking, cannot
+// revoke their own (ErrSelfRevocation). Revoking from a user without them changes nothing.
+func (s *Service) RevokeAdmin(ctx context.Context, meta events.Metadata, by, userID uuid.UUID) (Result, error) {
+	if by == userID {
+		return Result{}, ErrSelfRevocation
+	}
+	return s.update(ctx, meta, "", userID, func(u *User) error { u.revokeAdmin(); return nil }, nil)
+}
+
+// User returns a user's current state, read from the stream (not the read model).
+func (s *Service) User(ctx context.Context, userID uuid.UUID) (UserView, error) {
+	var v UserView
+	err := s.read(ctx, userID, func(u *User) error { v = u.View(); return nil })
+	return v, err
+}
+
+// UserIDByEmail is the id of the account that holds an address now, from the address's claim
+// in the stream; ErrUserNotFound when no account holds it. identityd's bootstrap resolves a
+// configured administrator e-mail with it, once, into the user id that the rights belong to.
+func (s *Service) UserIDByEmail(ctx context.Context, email string) (uuid.UUID, error) {
+	normalized, err := NormalizeEmail(email)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	claim, err := s.loadEmail(ctx, normalized)
+	if err != nil {
+		return uuid.Nil, err
+	}
+	if !claim.claimed {
+		return uuid.Nil, ErrUserNotFound
+	}
+	return claim.owner, nil
 }
 
 // DeleteUser deletes the account and releases its email, atomically.
@@ -542,8 +601,7 @@ func (s *Service) loadUser(ctx context.Context, id uuid.UUID, fresh bool) (*User
 				return nil, fmt.Errorf("load user %s: %w", id, err)
 			}
 			for _, e := range newer {
-				u.apply(e.Data)
-				u.version, u.chain = e.Sequence, e.ChainHash
+				u.follow(e)
 			}
 			return u, nil
 		}

@@ -1004,3 +1004,67 @@ func TestKeyedReplayNeverReturnsDeadCredentials(t *testing.T) {
 		t.Fatalf("replayed log-in of an ended session: %v", err)
 	}
 }
+
+// TestKeyedReplayAfterExpiry: replaying a keyed log-in, sign-up or token create once the
+// credential it created has expired is refused (ErrIdempotencyKeySpent, an
+// ErrIdempotencyKeyReused), never answered with the expired token; a new key works.
+func TestKeyedReplayAfterExpiry(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	var mu sync.Mutex
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); defer mu.Unlock(); now = now.Add(d) }
+	s := newTestService(t, newMemStore(), func(c *ServiceConfig) { c.SessionTTL = time.Minute; c.Now = clock })
+
+	keyedSignUp := ada
+	keyedSignUp.IdempotencyKey = "signup"
+	up := signUp(t, s, keyedSignUp)
+	login := LogIn{Email: ada.Email, Password: ada.Password, IdempotencyKey: "login"}
+	first, err := s.LogIn(ctx, testMeta, login)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := clock().Add(2 * time.Minute)
+	tokIn := CreateToken{Description: "ci", ExpiresAt: &exp, IdempotencyKey: "tok"}
+	tok, err := s.CreateToken(ctx, testMeta, up.User.ID, tokIn)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Within the TTL a replay is the first answer.
+	advance(59 * time.Second)
+	if again, err := s.LogIn(ctx, testMeta, login); err != nil || again.Token != first.Token || again.Session.ID != first.Session.ID {
+		t.Fatalf("replay within the TTL: %+v, %v", again, err)
+	}
+	if again, err := s.SignUp(ctx, testMeta, keyedSignUp); err != nil || again.Token != up.Token {
+		t.Fatalf("sign-up replay within the TTL: %v", err)
+	}
+
+	advance(time.Second) // both sessions end exactly now (expires_at is not before now)
+	if out, err := s.LogIn(ctx, testMeta, login); !errors.Is(err, ErrIdempotencyKeySpent) || !errors.Is(err, ErrIdempotencyKeyReused) {
+		t.Fatalf("log-in replay after the session expired: token %q, %v; want ErrIdempotencyKeySpent", out.Token, err)
+	}
+	if out, err := s.SignUp(ctx, testMeta, keyedSignUp); !errors.Is(err, ErrIdempotencyKeySpent) {
+		t.Fatalf("sign-up replay after its session expired: token %q, %v; want ErrIdempotencyKeySpent", out.Token, err)
+	}
+	// A wrong password still answers as a wrong password, not with what the key did.
+	bad := login
+	bad.Password = "wrong horse"
+	if _, err := s.LogIn(ctx, testMeta, bad); !errors.Is(err, ErrInvalidCredentials) {
+		t.Fatalf("wrong password with a spent key: %v", err)
+	}
+	// A new key starts a fresh, live session.
+	fresh, err := s.LogIn(ctx, testMeta, LogIn{Email: ada.Email, Password: ada.Password, IdempotencyKey: "login-2"})
+	if err != nil || fresh.Token == first.Token || !fresh.Session.ExpiresAt.After(clock()) {
+		t.Fatalf("log-in with a new key: %+v, %v", fresh, err)
+	}
+
+	if _, err := s.CreateToken(ctx, testMeta, up.User.ID, tokIn); err != nil {
+		t.Fatalf("token replay before its expiry: %v", err)
+	}
+	advance(time.Minute)
+	if out, err := s.CreateToken(ctx, testMeta, up.User.ID, tokIn); !errors.Is(err, ErrIdempotencyKeySpent) {
+		t.Fatalf("token replay after it expired: secret %q (first %q), %v; want ErrIdempotencyKeySpent", out.Secret, tok.Secret, err)
+	}
+}

@@ -20,6 +20,7 @@ type UserSnapshot struct {
 	PersonalOrgSlug string            `json:"personal_org_slug,omitempty"`
 	CreatedAt       *time.Time        `json:"created_at,omitempty"`
 	HasPassword     bool              `json:"has_password"`
+	Admin           bool              `json:"admin"`
 	Tokens          []TokenSnapshot   `json:"api_tokens"`
 	Sessions        []SessionSnapshot `json:"sessions"`
 	// Version is the stream sequence of the last event applied; AsOf the instant asked for.
@@ -49,6 +50,9 @@ type SessionSnapshot struct {
 func ReplayUser(id uuid.UUID, history []events.Envelope, asOf time.Time) UserSnapshot {
 	var upTo []events.Envelope
 	for _, e := range history {
+		if e.Refusal != nil {
+			continue // not identityd's event: refused by signature verification
+		}
 		if !asOf.IsZero() && e.Time.After(asOf) {
 			break
 		}
@@ -57,7 +61,7 @@ func ReplayUser(id uuid.UUID, history []events.Envelope, asOf time.Time) UserSna
 	u := loadUser(id, upTo)
 	s := UserSnapshot{
 		ID: id, Exists: u.exists, Deleted: u.deleted, Email: u.email, Name: u.name,
-		PersonalOrgSlug: u.slug, HasPassword: u.pwHash != "", Version: u.version,
+		PersonalOrgSlug: u.slug, HasPassword: u.pwHash != "", Admin: u.admin, Version: u.version,
 		Tokens: []TokenSnapshot{}, Sessions: []SessionSnapshot{},
 	}
 	if u.exists {

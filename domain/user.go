@@ -20,6 +20,10 @@ var (
 	ErrTokenNotFound = errors.New("api token not found")
 	// ErrSessionNotFound: the user has no live session with that id.
 	ErrSessionNotFound = errors.New("session not found")
+	// ErrSelfRevocation: an administrator asked to revoke their own administrator rights.
+	// Refused so that revoking never leaves the service without the administrator who did it;
+	// another administrator can revoke them.
+	ErrSelfRevocation = errors.New("administrators cannot revoke their own administrator rights")
 )
 
 // User is the aggregate of one account: profile, password, API tokens and sessions. Its state
@@ -33,6 +37,7 @@ type User struct {
 	createdAt time.Time
 	exists    bool
 	deleted   bool
+	admin     bool // administrator rights, granted and revoked by events only
 	tokens    map[uuid.UUID]*apiToken
 	sessions  map[uuid.UUID]*session
 	version   uint64 // stream sequence of the last applied event; 0 for a new aggregate
@@ -61,6 +66,8 @@ type UserView struct {
 	Email           string
 	Name            string
 	PersonalOrgSlug string
+	// Admin: the user holds administrator rights (identityd.user.admin_granted).
+	Admin bool
 }
 
 // TokenView is the public state of an API token.
@@ -125,10 +132,22 @@ func emptyUser(id uuid.UUID) *User {
 func loadUser(id uuid.UUID, history []events.Envelope) *User {
 	u := emptyUser(id)
 	for _, e := range history {
-		u.apply(e.Data)
-		u.version, u.chain = e.Sequence, e.ChainHash
+		u.follow(e)
 	}
 	return u
+}
+
+// follow applies one stored event of the user's history. An event refused by signature
+// verification, or one that does not continue the chain (a replayed older event), holds a
+// stream position (the next append expects it) but changes nothing, and the chain continues
+// from the last accepted event.
+func (u *User) follow(e events.Envelope) {
+	u.version = e.Sequence
+	if e.Refusal != nil || !e.Continues(u.chain) {
+		return
+	}
+	u.apply(e.Data)
+	u.chain = e.ChainHash
 }
 
 // committed records that the pending changes were stored, the last of them at seq.
@@ -147,7 +166,7 @@ func (u *User) active() bool { return u.exists && !u.deleted }
 
 // View returns the public state.
 func (u *User) View() UserView {
-	return UserView{ID: u.id, Email: u.email, Name: u.name, PersonalOrgSlug: u.slug}
+	return UserView{ID: u.id, Email: u.email, Name: u.name, PersonalOrgSlug: u.slug, Admin: u.admin}
 }
 
 func (u *User) tokenView(id uuid.UUID) TokenView {
@@ -232,6 +251,24 @@ func (u *User) endSession(id uuid.UUID) error {
 	return nil
 }
 
+// grantAdmin makes the user an administrator; granting an administrator changes nothing and
+// emits nothing.
+func (u *User) grantAdmin() {
+	if u.admin {
+		return
+	}
+	u.raise(events.AdminGranted{Versioned: events.V(), UserID: u.id})
+}
+
+// revokeAdmin takes administrator rights away; revoking them from a user without them changes
+// nothing and emits nothing.
+func (u *User) revokeAdmin() {
+	if !u.admin {
+		return
+	}
+	u.raise(events.AdminRevoked{Versioned: events.V(), UserID: u.id})
+}
+
 // remove deletes the account.
 func (u *User) remove() {
 	u.raise(events.UserDeleted{Versioned: events.V(), UserID: u.id})
@@ -263,8 +300,12 @@ func (u *User) apply(e events.Event) {
 		if s, ok := u.sessions[e.SessionID]; ok {
 			s.ended = true
 		}
+	case events.AdminGranted:
+		u.admin = true
+	case events.AdminRevoked:
+		u.admin = false
 	case events.UserDeleted:
-		u.deleted = true
+		u.deleted, u.admin = true, false
 		u.tokens = map[uuid.UUID]*apiToken{}
 		u.sessions = map[uuid.UUID]*session{}
 	}

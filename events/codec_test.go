@@ -23,7 +23,7 @@ func TestEncodeStampsCurrentVersionAndMetadata(t *testing.T) {
 		UserDeleted{UserID: fixUser}, // no version set: Encode stamps it
 		UserRegistered{Versioned: Versioned{SchemaVersion: 99}, UserID: fixUser},
 	} {
-		m, chain, err := Encode("id-1", fixAt, meta, "", e)
+		m, chain, err := Encode(testKey, "id-1", fixAt, meta, "", e)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -39,7 +39,7 @@ func TestEncodeStampsCurrentVersionAndMetadata(t *testing.T) {
 		if len(h.Get(HeaderUserAgent)) > 256 || !strings.HasPrefix(h.Get(HeaderUserAgent), "ü") || strings.ContainsRune(h.Get(HeaderUserAgent), '\uFFFD') {
 			t.Fatalf("user agent not truncated on a rune boundary: %d bytes", len(h.Get(HeaderUserAgent)))
 		}
-		env, err := Decode(m.Subject, h, m.Data, 7)
+		env, err := testKeyring.Decode(m.Subject, h, m.Data, 7)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -53,12 +53,12 @@ func TestEncodeStampsCurrentVersionAndMetadata(t *testing.T) {
 }
 
 // TestChainDetectsTampering: altering any chained attribute or the payload, or removing an
-// event, breaks the chain.
+// event, breaks the chain, even without the signatures (checked on their own in signing_test.go).
 func TestChainDetectsTampering(t *testing.T) {
 	var msgs []*nats.Msg
 	prev := ""
 	for i, name := range []string{"B", "C", "D"} {
-		m, chain, err := Encode(uuid.NewString(), fixAt.Add(time.Duration(i)*time.Second), Metadata{Actor: "system"}, prev, Renamed(fixUser, "A", name))
+		m, chain, err := Encode(testKey, uuid.NewString(), fixAt.Add(time.Duration(i)*time.Second), Metadata{Actor: "system"}, prev, Renamed(fixUser, "A", name))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,11 +67,11 @@ func TestChainDetectsTampering(t *testing.T) {
 	verify := func(ms []*nats.Msg) bool {
 		prev := ""
 		for i, m := range ms {
-			env, err := Decode(m.Subject, m.Header, m.Data, uint64(i+1))
+			env, err := decode(m.Subject, m.Header, m.Data, uint64(i+1))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if ChainHash(prev, env.ContentHash) != env.ChainHash {
+			if ChainHash(prev, contentHash(m.Header, m.Data)) != env.ChainHash {
 				return false
 			}
 			prev = env.ChainHash
@@ -127,7 +127,7 @@ func TestReadsOlderVersions(t *testing.T) {
 	}
 	var renames []UserRenamed
 	for _, m := range msgs {
-		env, err := m.Decode()
+		env, err := m.Decode(legacyKeyring)
 		if err != nil {
 			t.Fatalf("seq %d: %v", m.Sequence, err)
 		}
@@ -144,7 +144,7 @@ func TestReadsOlderVersions(t *testing.T) {
 }
 
 func TestDecodeRejects(t *testing.T) {
-	good, _, err := Encode("id", fixAt, Metadata{}, "", UserDeleted{UserID: fixUser})
+	good, _, err := Encode(testKey, "id", fixAt, Metadata{}, "", UserDeleted{UserID: fixUser})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +163,7 @@ func TestDecodeRejects(t *testing.T) {
 			m.Header[k] = v
 		}
 		mutate(m)
-		if _, err := Decode(m.Subject, m.Header, m.Data, 1); err == nil {
+		if _, err := testKeyring.Decode(m.Subject, m.Header, m.Data, 1); err == nil {
 			t.Errorf("%s: decoded", name)
 		}
 	}

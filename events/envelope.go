@@ -82,6 +82,13 @@ type Envelope struct {
 	// the previous event's ChainHash, ChainHash(prev, ContentHash) must equal ChainHash.
 	ChainHash   string
 	ContentHash string
+	// KeyID is the ce-keyid of the key that signed the event ("" for a legacy unsigned event).
+	KeyID string
+	// Refusal is set, and every field but Sequence, NATSSubj and ID left empty, when the event
+	// failed signature verification (see Keyring.Decode): it occupies a stream position but is
+	// not an event of identityd's. Readers that need positions (an aggregate's version) see such
+	// stubs; every other reader skips them.
+	Refusal error
 }
 
 // ErrUndecodable wraps every failure to decode a stored message into an Envelope. Such a message
@@ -89,9 +96,13 @@ type Envelope struct {
 var ErrUndecodable = errors.New("undecodable event")
 
 // Encode turns an event into a NATS message in CloudEvents binary mode, stamped with its
-// type's current schema version and chained to prevChain, the chain hash of the aggregate's
-// previous event ("" for its first). It returns the message and the event's chain hash.
-func Encode(id string, at time.Time, meta Metadata, prevChain string, e Event) (*nats.Msg, string, error) {
+// type's current schema version, chained to prevChain, the chain hash of the aggregate's
+// previous event ("" for its first), and signed with key. It returns the message and the
+// event's chain hash.
+func Encode(key SigningKey, id string, at time.Time, meta Metadata, prevChain string, e Event) (*nats.Msg, string, error) {
+	if !key.valid() {
+		return nil, "", errors.New("encode: no signing key")
+	}
 	version := CurrentVersion(e.EventType())
 	if version == 0 {
 		return nil, "", fmt.Errorf("encode: unknown event type %s", e.EventType())
@@ -125,8 +136,15 @@ func Encode(id string, at time.Time, meta Metadata, prevChain string, e Event) (
 			h.Set(k, v)
 		}
 	}
-	chain := ChainHash(prevChain, contentHash(h, data))
+	content := contentHash(h, data)
+	chain := ChainHash(prevChain, content)
 	h.Set(HeaderChainHash, chain)
+	keyID, sig, mac := key.sign(m.Subject, content, chain)
+	h.Set(HeaderKeyID, keyID)
+	h.Set(HeaderSignature, sig)
+	if mac != "" {
+		h.Set(HeaderMAC, mac)
+	}
 	return m, chain, nil
 }
 
@@ -159,6 +177,14 @@ func contentHash(h nats.Header, data []byte) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// Continues reports whether the event follows prev, the chain hash of the last event accepted
+// from its aggregate ("" for none): its chain hash must be ChainHash(prev, its content). A
+// genuine event appended anywhere but at its aggregate's head — a replay of an older one — does
+// not. Events written before chaining (no chain hash) continue any chain.
+func (e Envelope) Continues(prev string) bool {
+	return e.ChainHash == "" || ChainHash(prev, e.ContentHash) == e.ChainHash
+}
+
 // ChainHash links an event's content hash to the chain hash of the previous event of the same
 // aggregate ("" for the first): hex SHA-256 of prev + ":" + content.
 func ChainHash(prev, content string) string {
@@ -166,9 +192,28 @@ func ChainHash(prev, content string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// Decode reads a stored message back into an Envelope. Unknown types and malformed payloads
+// Decode verifies a stored message's signature against the keyring and reads it back into an
+// Envelope; subject is the NATS subject it is stored under, seq its stream sequence.
+//
+// An event that fails verification returns an error matching ErrUndecodable and one of
+// ErrUnsigned, ErrUnknownKey or ErrBadSignature (IsRefused), together with a stub Envelope
+// that has only Sequence, NATSSubj, ID and Refusal set. Unknown types and malformed payloads
 // return an error wrapping ErrUndecodable.
-func Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, error) {
+func (k *Keyring) Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, error) {
+	content := contentHash(h, data)
+	if err := k.verify(subject, h.Get(HeaderKeyID), h.Get(HeaderSignature), h.Get(HeaderMAC), content, h.Get(HeaderChainHash), seq); err != nil {
+		return Envelope{Sequence: seq, NATSSubj: subject, ID: h.Get(HeaderID), Refusal: err}, err
+	}
+	env, err := decode(subject, h, data, seq)
+	if err != nil {
+		return Envelope{}, err
+	}
+	env.ContentHash = content
+	return env, nil
+}
+
+// decode reads a stored message into an Envelope, without checking its signature.
+func decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, error) {
 	typ := Type(h.Get(HeaderType))
 	dec, ok := registry[typ]
 	if !ok {
@@ -202,7 +247,7 @@ func Decode(subject string, h nats.Header, data []byte, seq uint64) (Envelope, e
 		NATSSubj:       subject,
 		WrittenVersion: ver.SchemaVersion,
 		ChainHash:      h.Get(HeaderChainHash),
-		ContentHash:    contentHash(h, data),
+		KeyID:          h.Get(HeaderKeyID),
 	}, nil
 }
 

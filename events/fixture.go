@@ -18,13 +18,13 @@ type StoredMessage struct {
 	Data     json.RawMessage   `json:"data"`
 }
 
-// Decode decodes the stored message into an Envelope.
-func (m StoredMessage) Decode() (Envelope, error) {
+// Decode verifies and decodes the stored message into an Envelope (Keyring.Decode).
+func (m StoredMessage) Decode(k *Keyring) (Envelope, error) {
 	h := nats.Header{}
 	for k, v := range m.Headers {
 		h.Set(k, v)
 	}
-	return Decode(m.Subject, h, m.Data, m.Sequence)
+	return k.Decode(m.Subject, h, m.Data, m.Sequence)
 }
 
 // ReadStoredMessages reads JSON Lines of StoredMessage.

@@ -91,8 +91,8 @@ func TestSchemaForEveryTypeAndVersion(t *testing.T) {
 		have[r.typ] = append(have[r.typ], r.version)
 	}
 	types := events.Types()
-	if len(types) != 10 {
-		t.Errorf("Types() has %d types, want 10", len(types))
+	if len(types) != 12 {
+		t.Errorf("Types() has %d types, want 12", len(types))
 	}
 	for _, typ := range types {
 		if !slices.Contains(have[typ], 1) {
@@ -356,6 +356,8 @@ func TestEncodedEventsMatchContract(t *testing.T) {
 		events.TokenRevoked{Versioned: v, UserID: user, TokenID: token},
 		events.SessionStarted{Versioned: v, UserID: user, SessionID: session, Digest: digest, StartedAt: at, ExpiresAt: exp},
 		events.SessionEnded{Versioned: v, UserID: user, SessionID: session},
+		events.AdminGranted{Versioned: v, UserID: user},
+		events.AdminRevoked{Versioned: v, UserID: user},
 		events.UserDeleted{Versioned: v, UserID: user},
 		events.EmailClaimed{Versioned: v, EmailHash: email, UserID: user},
 		events.EmailReleased{Versioned: v, EmailHash: email, UserID: user},
@@ -369,7 +371,7 @@ func TestEncodedEventsMatchContract(t *testing.T) {
 	prev := ""
 	for i, e := range evs {
 		id := uuid.New().String()
-		m, chain, err := events.Encode(id, at, metas[i%len(metas)], prev, e)
+		m, chain, err := events.Encode(events.TestKey, id, at, metas[i%len(metas)], prev, e)
 		if err != nil {
 			t.Fatalf("encode %s: %v", e.EventType(), err)
 		}

@@ -28,6 +28,8 @@ var currentVersions = map[Type]int{
 	TypeUserDeleted:    1,
 	TypeEmailClaimed:   1,
 	TypeEmailReleased:  1,
+	TypeAdminGranted:   1,
+	TypeAdminRevoked:   1,
 }
 
 // CurrentVersion is the schema version this build writes for an event type (0: unknown type).
@@ -48,6 +50,8 @@ const (
 	TypeUserDeleted    Type = "identityd.user.deleted"
 	TypeEmailClaimed   Type = "identityd.email.claimed"
 	TypeEmailReleased  Type = "identityd.email.released"
+	TypeAdminGranted   Type = "identityd.user.admin_granted"
+	TypeAdminRevoked   Type = "identityd.user.admin_revoked"
 )
 
 // Event is the payload of one event. Each payload knows its type and the aggregate it belongs
@@ -193,6 +197,21 @@ type EmailReleased struct {
 	UserID    uuid.UUID `json:"user_id"`
 }
 
+// AdminGranted makes a user an administrator: from here on the user's id passes the admin
+// check (admin endpoints). Who granted it is the event's actor ("system" for the bootstrap
+// from configuration). Rights belong to this user id only: deleting the account ends them,
+// and an account registered later under the same address is another user.
+type AdminGranted struct {
+	Versioned
+	UserID uuid.UUID `json:"user_id"`
+}
+
+// AdminRevoked takes a user's administrator rights away.
+type AdminRevoked struct {
+	Versioned
+	UserID uuid.UUID `json:"user_id"`
+}
+
 func userAgg(id uuid.UUID) Aggregate { return UserAggregate(id) }
 
 // EventType implements Event.
@@ -225,6 +244,12 @@ func (EmailClaimed) EventType() Type { return TypeEmailClaimed }
 // EventType implements Event.
 func (EmailReleased) EventType() Type { return TypeEmailReleased }
 
+// EventType implements Event.
+func (AdminGranted) EventType() Type { return TypeAdminGranted }
+
+// EventType implements Event.
+func (AdminRevoked) EventType() Type { return TypeAdminRevoked }
+
 // Aggregate implements Event.
 func (e UserRegistered) Aggregate() Aggregate { return userAgg(e.UserID) }
 
@@ -255,6 +280,12 @@ func (e EmailClaimed) Aggregate() Aggregate { return Aggregate{Kind: "email", ID
 // Aggregate implements Event.
 func (e EmailReleased) Aggregate() Aggregate { return Aggregate{Kind: "email", ID: e.EmailHash} }
 
+// Aggregate implements Event.
+func (e AdminGranted) Aggregate() Aggregate { return userAgg(e.UserID) }
+
+// Aggregate implements Event.
+func (e AdminRevoked) Aggregate() Aggregate { return userAgg(e.UserID) }
+
 // registry maps each type to the decoder of its payload.
 var registry = map[Type]func([]byte) (Event, error){
 	TypeUserRegistered: decodeAs[UserRegistered],
@@ -267,6 +298,8 @@ var registry = map[Type]func([]byte) (Event, error){
 	TypeUserDeleted:    decodeAs[UserDeleted],
 	TypeEmailClaimed:   decodeAs[EmailClaimed],
 	TypeEmailReleased:  decodeAs[EmailReleased],
+	TypeAdminGranted:   decodeAs[AdminGranted],
+	TypeAdminRevoked:   decodeAs[AdminRevoked],
 }
 
 // Types lists every event type identityd emits.

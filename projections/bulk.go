@@ -138,6 +138,7 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 	progress func(pos, end uint64),
 ) (*fold, uint64, uint64, error) {
 	m := newFold()
+	heads := newChainHeads()
 	var pos, n uint64
 	ra := source(ctx)
 	defer ra.stop()
@@ -157,6 +158,11 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 			if e.Sequence > end {
 				break
 			}
+			pos = e.Sequence
+			if e.Refusal != nil || !heads.continues(e) {
+				continue // refused by its signature (the projector poisons it) or a replay (dropReplays)
+			}
+			heads.accept(e)
 			if err := m.apply(e); err != nil {
 				return nil, 0, 0, err
 			}
@@ -167,7 +173,6 @@ func foldStream(ctx context.Context, w *auditWriter, sink auditSink, source func
 			if err := sink.add(chunk, &row); err != nil {
 				return nil, 0, 0, fmt.Errorf("audit row of seq %d: %w", e.Sequence, err)
 			}
-			pos = e.Sequence
 			n++
 		}
 		if sink.full(chunk) {

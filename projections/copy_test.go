@@ -222,7 +222,7 @@ func TestCopyFailureLeavesConnectionUsable(t *testing.T) {
 	}
 	rows := make([]AuditRow, 5000)
 	for i := range rows {
-		rows[i] = AuditRow{Sequence: uint64(i%4000) + 1, Data: strings.Repeat("x", 100)}
+		rows[i] = AuditRow{Sequence: uint64(i%4000) + 1, EventID: fmt.Sprint("event-", i%4000), Data: strings.Repeat("x", 100)}
 	}
 	conn, err := db.Conn(ctx)
 	if err != nil {

@@ -411,8 +411,9 @@ var addsCredential = map[string]bool{
 // profileOnly lists the user events that change only profile fields a credential carries
 // (User's name), not whether it authenticates: they mark the user's entries ProfileStale
 // instead of dropping them, so a caller who renames keeps being answered from memory. Only
-// fields no authorization decision reads belong here: an email change, say, which decides
-// admin rights (httpapi's requireAdmin), must drop the entries instead.
+// fields no authorization decision reads belong here: administrator rights (the user's admin
+// flag, which httpapi's requireAdmin reads from the credential) change by admin_granted and
+// admin_revoked, which are in neither list, so they drop the entries like a revocation.
 var profileOnly = map[string]bool{
 	subjectToken(events.TypeUserRenamed): true,
 }

@@ -83,8 +83,13 @@ func OpenDB(ctx context.Context, cfg DBConfig) (*bun.DB, error) {
 		if i := strings.IndexByte(path, '?'); i >= 0 {
 			path = path[:i]
 		}
-		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 			return nil, fmt.Errorf("projections: %w", err)
+		}
+		if !strings.Contains(cfg.URL, "mode=memory") && !strings.HasPrefix(path, ":memory:") {
+			if err := privateSQLiteFiles(path); err != nil {
+				return nil, err
+			}
 		}
 		dsn := "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)" +
 			"&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(ON)&_txlock=immediate"
@@ -106,6 +111,28 @@ func OpenDB(ctx context.Context, cfg DBConfig) (*bun.DB, error) {
 		return nil, fmt.Errorf("projections: database %s does not answer: %w", redact(cfg.URL), err)
 	}
 	return db, nil
+}
+
+// privateSQLiteFiles makes the read model's files readable by their owner only: the database
+// (created here, empty, before SQLite opens it) and, if they are left over, its -wal and -shm
+// files, all 0600. SQLite creates a missing file 0644 but gives its -wal and -shm the mode of the
+// database file, so creating the database 0600 keeps the journals private too. Files an earlier
+// version created 0644 are tightened where they are ours to change; a file of another user (a
+// tool reading the service's database) is left as it is for SQLite to open or refuse.
+func privateSQLiteFiles(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600) //nolint:gosec // the configured database path
+	switch {
+	case err == nil:
+		_ = f.Close()
+	case !errors.Is(err, os.ErrExist):
+		return fmt.Errorf("projections: sqlite file: %w", err)
+	}
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o077 != 0 {
+			_ = os.Chmod(p, fi.Mode().Perm()&0o700) // best effort: EPERM on another user's file
+		}
+	}
+	return nil
 }
 
 // isPG reports whether db speaks PostgreSQL.

@@ -106,6 +106,19 @@ var reducers = map[events.Type]reducer{
 		f.touch(e, ev.UserID, false)
 		return nil
 	}),
+	// Administrator rights: like a profile change, they move updated_at.
+	events.TypeAdminGranted: on(func(f *fold, e events.Envelope, ev events.AdminGranted) error {
+		if u := f.touch(e, ev.UserID, true); u != nil {
+			u.Admin = true
+		}
+		return nil
+	}),
+	events.TypeAdminRevoked: on(func(f *fold, e events.Envelope, ev events.AdminRevoked) error {
+		if u := f.touch(e, ev.UserID, true); u != nil {
+			u.Admin = false
+		}
+		return nil
+	}),
 	events.TypeUserDeleted: on(func(f *fold, _ events.Envelope, ev events.UserDeleted) error {
 		for id := range f.userTokens[ev.UserID] {
 			delete(f.tokens, id)

@@ -2,6 +2,7 @@ package projections
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -33,9 +34,13 @@ func newPoisonPublisher(ctx context.Context, js jetstream.JetStream) (*poisonPub
 	return &poisonPublisher{js: js}, nil
 }
 
-// Publish implements message.Publisher.
+// Publish implements message.Publisher. A copy that the server refuses (the original's
+// headers and payload may be near the size limit, and the copy adds to them) is replaced by a
+// short record naming the original's position, which stays in the event stream: a poison
+// message must never stall the projection behind it.
 func (p *poisonPublisher) Publish(topic string, msgs ...*message.Message) error {
 	for _, m := range msgs {
+		id := jetstream.WithMsgID("poison-" + m.Metadata.Get(metaSequence))
 		nm := nats.NewMsg(topic)
 		nm.Data = m.Payload
 		for k, v := range m.Metadata {
@@ -45,11 +50,28 @@ func (p *poisonPublisher) Publish(topic string, msgs ...*message.Message) error 
 				nm.Header.Set(k, v)
 			}
 		}
-		if _, err := p.js.PublishMsg(context.Background(), nm, jetstream.WithMsgID("poison-"+m.Metadata.Get(metaSequence))); err != nil {
+		_, err := p.js.PublishMsg(context.Background(), nm, id)
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) || errors.Is(err, nats.ErrMaxPayload) {
+			short := nats.NewMsg(topic)
+			short.Header.Set(metaSubject, truncate(m.Metadata.Get(metaSubject), 256))
+			short.Header.Set(metaSequence, m.Metadata.Get(metaSequence))
+			short.Header.Set(metaError, truncate(m.Metadata.Get(metaError), 1024))
+			short.Header.Set("payload_omitted", "the copy was too large; read the original at stream_sequence")
+			_, err = p.js.PublishMsg(context.Background(), short, id)
+		}
+		if err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
 }
 
 // Close implements message.Publisher.

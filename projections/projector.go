@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ThreeDotsLabs/watermill"
@@ -23,6 +25,9 @@ type ProjectorConfig struct {
 	DB *bun.DB
 	// JetStream reads the stream (required).
 	JetStream jetstream.JetStream
+	// Keys verifies each event's signature (required); a refused event goes to the poison
+	// queue and is counted in Refused.
+	Keys *events.Keyring
 	// Stream is the stream name (default events.StreamName).
 	Stream string
 	// Tables is the generation of tables to build (default CurrentTables).
@@ -55,8 +60,8 @@ func (c *ProjectorConfig) fill() {
 
 // Validate reports a configuration that cannot work.
 func (c ProjectorConfig) Validate() error {
-	if c.DB == nil || c.JetStream == nil {
-		return errors.New("projections: DB and JetStream are required")
+	if c.DB == nil || c.JetStream == nil || c.Keys == nil {
+		return errors.New("projections: DB, JetStream and Keys are required")
 	}
 	return nil
 }
@@ -66,6 +71,8 @@ type Projector struct {
 	cfg    ProjectorConfig
 	router *message.Router
 	sub    *streamSubscriber
+
+	refused atomic.Uint64 // events refused by signature verification since start
 
 	mu        sync.Mutex
 	pos       uint64
@@ -148,7 +155,7 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 	p.sub = &streamSubscriber{
 		js: cfg.JetStream, stream: cfg.Stream, start: p.checkpoint, maxBatch: cfg.MaxBatch,
 		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}), nudge: make(chan struct{}, 1),
-		arrived: p.arrived,
+		arrived: p.arrived, keys: cfg.Keys, refused: p.refuse,
 	}
 	router.AddConsumerHandler("project_"+cfg.Tables.Checkpoint(), events.SubjectRoot+".>", p.sub, p.handle)
 	p.router = router
@@ -172,18 +179,43 @@ func (p *Projector) Close() error {
 func (p *Projector) handle(msg *message.Message) error {
 	batch, ok := batchOf(msg)
 	if !ok {
+		// Never applied, but passed: the checkpoint moves past it, so readers waiting for later
+		// positions and a restart do not wait for it again. The poison queue keeps it.
+		if seq, err := strconv.ParseUint(msg.Metadata.Get(metaSequence), 10, 64); err == nil {
+			if err := skipPast(msg.Context(), p.cfg.DB, p.cfg.Tables, seq); err != nil {
+				return err
+			}
+			p.advance(seq)
+		}
 		return fmt.Errorf("%w: seq %s on %s: %s", errPoison,
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
 	}
 	start := time.Now()
-	pos, err := applyBatch(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
+	pos, replays, err := applyBatchReplays(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
 	if err != nil {
 		return err
+	}
+	for _, seq := range replays {
+		p.refused.Add(1)
+		p.cfg.Logger.Error("refused a replayed event: a genuine event appended again under a new position; not applied", "seq", seq)
 	}
 	p.advance(pos)
 	p.cfg.Logger.Debug("projected batch", "events", len(batch), "position", pos, "apply_ms", float64(time.Since(start).Microseconds())/1000)
 	return nil
 }
+
+// refuse records an event whose signature does not verify: it is never applied (the feed sends
+// it to the poison queue), and an operator must learn of it, since only a holder of publish
+// rights on the stream could have written it.
+func (p *Projector) refuse(seq uint64, subject string, err error) {
+	p.refused.Add(1)
+	p.cfg.Logger.Error("refused an event whose signature does not verify: not applied, moved to the poison queue",
+		"seq", seq, "subject", subject, "err", err, "poison_stream", PoisonStream)
+}
+
+// Refused is the number of events refused since the projector started: by signature
+// verification, or as replays of events applied before.
+func (p *Projector) Refused() uint64 { return p.refused.Load() }
 
 func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
 	return NewReadModel(p.cfg.DB, p.cfg.Tables).Position(ctx)

@@ -1,11 +1,13 @@
 package projections_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
+	"strconv"
 	"testing"
 	"time"
 
@@ -112,7 +114,7 @@ func checkFold(t *testing.T, db *bun.DB, f fold) {
 func newProjector(t *testing.T, db *bun.DB, js jetstream.JetStream, batch int) (*projections.Projector, chan error) {
 	t.Helper()
 	p, err := projections.NewProjector(context.Background(), projections.ProjectorConfig{
-		DB: db, JetStream: js, MaxBatch: batch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		DB: db, JetStream: js, Keys: eventstoretest.Keys, MaxBatch: batch, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -247,5 +249,41 @@ func TestPoisonEventIsSetAside(t *testing.T) {
 	info, err := ps.Info(ctx)
 	if err != nil || info.State.Msgs != 1 {
 		t.Fatalf("poison stream holds %v messages (err %v), want 1", info.State.Msgs, err)
+	}
+}
+
+// TestOversizedPoisonDoesNotStall: a forged message just under the server's size limit cannot
+// be copied whole into the poison stream (the copy adds headers); a short record takes its place
+// and the projection carries on.
+func TestOversizedPoisonDoesNotStall(t *testing.T) {
+	st := startStream(t)
+	db := dbtest.Open(t, dbtest.SQLiteURL(t))
+	p, done := newProjector(t, db, st.JetStream(), 100)
+	defer stopProjector(t, p, done)
+	js := st.JetStream()
+	big := nats.NewMsg("identity.user." + uuid.NewString() + ".renamed")
+	big.Header.Set(events.HeaderType, string(events.TypeUserRenamed))
+	big.Data = bytes.Repeat([]byte("x"), int(st.Conn().MaxPayload())-300) // fits; its poison copy would not
+	ack, err := js.PublishMsg(context.Background(), big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, last := writeHistory(t, st, 3, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := p.WaitFor(ctx, last); err != nil {
+		t.Fatal(err)
+	}
+	checkFold(t, db, f)
+	ps, err := js.Stream(ctx, projections.PoisonStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := ps.GetLastMsgForSubject(ctx, "identityd.poison.>")
+	if err != nil || rec.Header.Get("stream_sequence") != strconv.FormatUint(ack.Sequence, 10) || len(rec.Data) != 0 {
+		t.Fatalf("poison record: %v, %d bytes of data (%v)", rec.Header, len(rec.Data), err)
+	}
+	if p.Refused() != 1 {
+		t.Fatalf("refused %d, want 1", p.Refused())
 	}
 }

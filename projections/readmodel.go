@@ -68,12 +68,12 @@ func (r *ReadModel) SessionByDigest(ctx context.Context, digest string) (Credent
 func (r *ReadModel) credential(ctx context.Context, table, digest string) (Credential, error) {
 	var c Credential
 	err := r.db.NewSelect().
-		ColumnExpr("c.id, c.expires_at, u.id, u.email, u.name, u.personal_org_slug, u.created_at, u.updated_at, u.version").
+		ColumnExpr("c.id, c.expires_at, u.id, u.email, u.name, u.personal_org_slug, u.admin, u.created_at, u.updated_at, u.version").
 		TableExpr(table+" AS c").
 		Join("JOIN "+r.t.Users()+" AS u ON u.id = c.user_id").
 		Where("c.digest = ?", digest).
 		Scan(ctx, &c.TokenID, &c.ExpiresAt, &c.User.ID, &c.User.Email, &c.User.Name, &c.User.PersonalOrgSlug,
-			&c.User.CreatedAt, &c.User.UpdatedAt, &c.User.Version)
+			&c.User.Admin, &c.User.CreatedAt, &c.User.UpdatedAt, &c.User.Version)
 	if errors.Is(err, sql.ErrNoRows) {
 		return Credential{}, ErrNotFound
 	}

@@ -36,7 +36,7 @@ func seedStream(b *testing.B, n int) *eventstore.Store {
 	meta := events.Metadata{Actor: "system", RequestID: "bench"}
 	chains := map[uuid.UUID]string{}
 	publish := func(user uuid.UUID, e events.Event) {
-		m, chain, err := events.Encode(uuid.NewString(), at, meta, chains[user], e)
+		m, chain, err := events.Encode(eventstoretest.Signer, uuid.NewString(), at, meta, chains[user], e)
 		if err != nil {
 			b.Fatal(err)
 		}

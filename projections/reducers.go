@@ -18,16 +18,36 @@ import (
 // transaction. It returns the checkpoint after the batch. Events at or below the checkpoint
 // (redelivered, or applied by another instance sharing the database) are skipped.
 func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, error) {
+	pos, _, err := applyBatchReplays(ctx, db, t, batch)
+	return pos, err
+}
+
+// applyBatchReplays is applyBatch that also returns the stream positions of the events it
+// refused as replays (see dropReplays).
+func applyBatchReplays(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, []uint64, error) {
 	var pos uint64
+	var replays []uint64
 	err := db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
 		var err error
-		pos, err = applyBatchTx(ctx, tx, t, batch)
+		pos, replays, err = applyEvents(ctx, tx, t, batch, len(batch))
 		return err
 	})
 	if err != nil && ctx.Err() == nil {
 		err = diagnose(ctx, db, t, batch, err)
 	}
-	return pos, err
+	return pos, replays, err
+}
+
+// skipPast moves the checkpoint to seq, an event that is never applied (poison), unless it is
+// there already.
+func skipPast(ctx context.Context, db *bun.DB, t Tables, seq uint64) error {
+	_, err := db.NewUpdate().Model((*checkpointRow)(nil)).
+		Set("position = ?", seq).Set("updated_at = ?", timeNow().UTC()).
+		Where("name = ?", t.Checkpoint()).Where("position < ?", seq).Exec(ctx)
+	if err != nil {
+		return fmt.Errorf("move checkpoint %s past poison event %d: %w", t.Checkpoint(), seq, err)
+	}
+	return nil
 }
 
 var errDiagnosed = errors.New("diagnosed")
@@ -37,7 +57,7 @@ var errDiagnosed = errors.New("diagnosed")
 func diagnose(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope, batchErr error) error {
 	var precise error
 	_ = db.RunInTx(ctx, nil, func(ctx context.Context, tx bun.Tx) error {
-		_, precise = applyEvents(ctx, tx, t, batch, 1)
+		_, _, precise = applyEvents(ctx, tx, t, batch, 1)
 		return errDiagnosed
 	})
 	if precise != nil {
@@ -48,20 +68,21 @@ func diagnose(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope
 
 // applyBatchTx is applyBatch inside the caller's transaction.
 func applyBatchTx(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope) (uint64, error) {
-	return applyEvents(ctx, tx, t, batch, len(batch))
+	pos, _, err := applyEvents(ctx, tx, t, batch, len(batch))
+	return pos, err
 }
 
 // applyEvents applies the batch chunk events at a time: each chunk is folded in memory from
 // the rows it touches and written back in a few bulk statements (chunk 1: one event at a time,
 // so an error names its event).
-func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope, chunk int) (uint64, error) {
+func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelope, chunk int) (uint64, []uint64, error) {
 	var pos uint64
 	q := tx.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", t.Checkpoint())
 	if isPG(tx) {
 		q = q.For("UPDATE") // serializes instances that share the database
 	}
 	if err := q.Scan(ctx, &pos); err != nil {
-		return 0, fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
+		return 0, nil, fmt.Errorf("read checkpoint %s: %w", t.Checkpoint(), err)
 	}
 	var fresh []events.Envelope
 	next := pos
@@ -72,7 +93,20 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 		}
 	}
 	if len(fresh) == 0 {
-		return pos, nil
+		return pos, nil, nil
+	}
+	last := fresh[len(fresh)-1].Sequence
+	fresh, replays, err := dropReplays(ctx, tx, t, fresh)
+	if err != nil {
+		return 0, nil, err
+	}
+	if len(fresh) == 0 { // nothing but replays: only the checkpoint moves
+		_, err := tx.NewUpdate().Model((*checkpointRow)(nil)).Set("position = ?", last).Set("updated_at = ?", timeNow().UTC()).
+			Where("name = ?", t.Checkpoint()).Exec(ctx)
+		if err != nil {
+			return 0, nil, fmt.Errorf("move checkpoint %s: %w", t.Checkpoint(), err)
+		}
+		return last, replays, nil
 	}
 	// Each chunk's writes go out in one round trip, the last chunk's together with the
 	// checkpoint: a batch applied as one chunk (the projector's) writes in one round trip.
@@ -83,7 +117,7 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 		fresh = fresh[n:]
 		err := applyChunk(ctx, tx, w, t, part)
 		if err == nil && len(fresh) == 0 {
-			pos = part[len(part)-1].Sequence
+			pos = last
 			err = w.add(ctx, tx.NewUpdate().Model((*checkpointRow)(nil)).
 				Set("position = ?", pos).Set("updated_at = ?", timeNow().UTC()).
 				Where("name = ?", t.Checkpoint()))
@@ -94,16 +128,48 @@ func applyEvents(ctx context.Context, tx bun.Tx, t Tables, batch []events.Envelo
 		if err != nil {
 			var ee eventError
 			if errors.As(err, &ee) {
-				return 0, err
+				return 0, nil, err
 			}
 			if len(part) == 1 {
-				return 0, fmt.Errorf("apply %s (seq %d): %w", part[0].Type, part[0].Sequence, err)
+				return 0, nil, fmt.Errorf("apply %s (seq %d): %w", part[0].Type, part[0].Sequence, err)
 			}
-			return 0, fmt.Errorf("apply events %d..%d: %w", part[0].Sequence, part[len(part)-1].Sequence, err)
+			return 0, nil, fmt.Errorf("apply events %d..%d: %w", part[0].Sequence, part[len(part)-1].Sequence, err)
 		}
 		pos = part[len(part)-1].Sequence
 	}
-	return pos, nil
+	return last, replays, nil
+}
+
+// dropReplays removes the events that were applied before, under another stream position: a
+// genuine, signed event that someone with publish rights appended again (a token_created of a
+// since revoked token, an admin_granted since revoked). Each event's id (ce-id, covered by its
+// signature) is unique, and the audit log keeps the id of every applied event; a repeat within
+// the batch counts too. It returns the remaining events and the positions of those dropped.
+func dropReplays(ctx context.Context, tx bun.Tx, t Tables, evs []events.Envelope) ([]events.Envelope, []uint64, error) {
+	ids := make([]string, len(evs))
+	for i, e := range evs {
+		ids[i] = e.ID
+	}
+	var applied []string
+	if err := tx.NewSelect().Model((*AuditRow)(nil)).ModelTableExpr(t.Audit()+" AS a").Column("event_id").
+		Where("event_id IN (?)", bun.List(ids)).Scan(ctx, &applied); err != nil {
+		return nil, nil, fmt.Errorf("look up event ids: %w", err)
+	}
+	seen := make(map[string]bool, len(applied)+len(evs))
+	for _, id := range applied {
+		seen[id] = true
+	}
+	out := evs[:0:0]
+	var replays []uint64
+	for _, e := range evs {
+		if seen[e.ID] {
+			replays = append(replays, e.Sequence)
+			continue
+		}
+		seen[e.ID] = true
+		out = append(out, e)
+	}
+	return out, replays, nil
 }
 
 // statements runs a transaction's writes. On PostgreSQL it collects them and sends them as one
@@ -211,7 +277,7 @@ func (f *fold) write(ctx context.Context, tx bun.Tx, w *statements, t Tables, au
 		users = users[n:]
 		qs = append(qs, tx.NewInsert().Model(&chunk).ModelTableExpr(t.Users()).
 			On("CONFLICT (id) DO UPDATE").
-			Set("name = EXCLUDED.name").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version"))
+			Set("name = EXCLUDED.name").Set("admin = EXCLUDED.admin").Set("updated_at = EXCLUDED.updated_at").Set("version = EXCLUDED.version"))
 	}
 	qs = appendInserts(tx, qs, t.Tokens(), values(f.tokens))
 	qs = appendInserts(tx, qs, t.Sessions(), values(f.sessions))
@@ -287,6 +353,10 @@ func payloadUserID(ev events.Event) (uuid.UUID, bool) {
 	case events.SessionEnded:
 		return e.UserID, true
 	case events.UserDeleted:
+		return e.UserID, true
+	case events.AdminGranted:
+		return e.UserID, true
+	case events.AdminRevoked:
 		return e.UserID, true
 	case events.EmailClaimed:
 		return e.UserID, true

@@ -271,13 +271,14 @@ func sameTimePtr(a, b *time.Time) bool {
 }
 
 func fmtUser(u UserRow) string {
-	return fmt.Sprintf("{id=%s email=%q name=%q slug=%q created=%s updated=%s version=%d}",
-		u.ID, u.Email, u.Name, u.PersonalOrgSlug, fmtTime(u.CreatedAt), fmtTime(u.UpdatedAt), u.Version)
+	return fmt.Sprintf("{id=%s email=%q name=%q slug=%q created=%s updated=%s version=%d admin=%v}",
+		u.ID, u.Email, u.Name, u.PersonalOrgSlug, fmtTime(u.CreatedAt), fmtTime(u.UpdatedAt), u.Version, u.Admin)
 }
 
 func sameUser(a, b UserRow) bool {
 	return a.ID == b.ID && a.Email == b.Email && a.Name == b.Name && a.PersonalOrgSlug == b.PersonalOrgSlug &&
-		sameTime(a.CreatedAt, b.CreatedAt) && sameTime(a.UpdatedAt, b.UpdatedAt) && a.Version == b.Version
+		sameTime(a.CreatedAt, b.CreatedAt) && sameTime(a.UpdatedAt, b.UpdatedAt) && a.Version == b.Version &&
+		a.Admin == b.Admin
 }
 
 func fmtToken(r TokenRow) string {
@@ -379,6 +380,14 @@ func reducerCases() []reducerCase {
 	renamed.Name, renamed.UpdatedAt, renamed.Version = "Alice Liddell", evTime(2), 2
 	pwSet := userRow(aliceID, "Alice", 1)
 	pwSet.UpdatedAt, pwSet.Version = evTime(2), 2
+	granted := events.AdminGranted{Versioned: events.V(), UserID: aliceID}
+	revoked := events.AdminRevoked{Versioned: events.V(), UserID: aliceID}
+	// admin at seq n: Alice (registered at 1) as an administrator after the event at n.
+	admin := func(on bool, seq uint64) UserRow {
+		u := userRow(aliceID, "Alice", 1)
+		u.Admin, u.UpdatedAt, u.Version = on, evTime(seq), seq
+		return u
+	}
 
 	return []reducerCase{
 		{
@@ -414,7 +423,7 @@ func reducerCases() []reducerCase {
 					cols = append(cols, c)
 				}
 				sort.Strings(cols)
-				if got, want := strings.Join(cols, ","), "created_at,email,id,name,personal_org_slug,updated_at,version"; got != want {
+				if got, want := strings.Join(cols, ","), "admin,created_at,email,id,name,personal_org_slug,updated_at,version"; got != want {
 					t.Errorf("users columns = %s, want %s", got, want)
 				}
 			},
@@ -467,6 +476,28 @@ func reducerCases() []reducerCase {
 			users:    []UserRow{versioned(userRow(bobID, "Bob", 2), 8)}, // bob's last event: his session, seq 8
 			tokens:   []TokenRow{tokenRow(tokBob)},
 			sessions: []SessionRow{sessionRow(sesBob)},
+		},
+		{
+			name:   "AdminGranted",
+			events: []events.Event{registered(aliceID, "Alice"), registered(bobID, "Bob"), granted},
+			users:  []UserRow{admin(true, 3), userRow(bobID, "Bob", 2)}, // Bob's row untouched
+		},
+		{
+			name:   "AdminRevoked",
+			events: []events.Event{registered(aliceID, "Alice"), granted, revoked},
+			users:  []UserRow{admin(false, 3)},
+		},
+		{
+			name:   "AdminGranted again after a revocation",
+			events: []events.Event{registered(aliceID, "Alice"), granted, revoked, granted},
+			users:  []UserRow{admin(true, 4)},
+		},
+		{
+			// Deletion ends the rights; a user registered later (another id, maybe the same
+			// address) starts without them.
+			name:   "UserDeleted ends admin rights",
+			events: []events.Event{registered(aliceID, "Alice"), granted, events.UserDeleted{Versioned: events.V(), UserID: aliceID}, registered(carolID, "Alice")},
+			users:  []UserRow{userRow(carolID, "Alice", 4)},
 		},
 		{
 			name: "EmailClaimed and EmailReleased",

@@ -3,6 +3,7 @@ package projections
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -47,6 +48,10 @@ type UserRow struct {
 	// Version is the stream sequence of the user aggregate's last event (profile, password,
 	// token or session), the same number the domain expects when it appends.
 	Version uint64 `bun:"version,notnull"`
+	// Admin: the user holds administrator rights (identityd.user.admin_granted, not revoked
+	// since). Authorization reads it by user id, never by e-mail. Last, where addAdminColumn
+	// puts it in tables created before it existed.
+	Admin bool `bun:"admin,notnull"`
 }
 
 // TokenRow is a live (not revoked) API token. Only the digest of the secret is stored.
@@ -148,8 +153,34 @@ func createTables(ctx context.Context, db *bun.DB, t Tables) error {
 			return fmt.Errorf("create table %s: %w", m.table, err)
 		}
 	}
+	if err := addAdminColumn(ctx, db, t); err != nil {
+		return err
+	}
 	_, err := db.NewInsert().Model(&checkpointRow{Name: t.Checkpoint(), UpdatedAt: time.Now().UTC()}).
 		On("CONFLICT (name) DO NOTHING").Exec(ctx)
+	return err
+}
+
+// addAdminColumn adds users.admin to a users table created before the column existed. The
+// tables need no new generation (and no replay) for it: the streams such tables were built
+// from were written by builds without administrator events, so false is what a rebuild would
+// store in every row.
+func addAdminColumn(ctx context.Context, db *bun.DB, t Tables) error {
+	if isPG(db) {
+		_, err := db.ExecContext(ctx, "ALTER TABLE "+t.Users()+" ADD COLUMN IF NOT EXISTS admin BOOLEAN NOT NULL DEFAULT FALSE")
+		return err
+	}
+	var n int
+	if err := db.NewRaw("SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = 'admin'", t.Users()).Scan(ctx, &n); err != nil {
+		return fmt.Errorf("columns of %s: %w", t.Users(), err)
+	}
+	if n > 0 {
+		return nil
+	}
+	_, err := db.ExecContext(ctx, "ALTER TABLE "+t.Users()+" ADD COLUMN admin BOOLEAN NOT NULL DEFAULT FALSE")
+	if err != nil && strings.Contains(err.Error(), "duplicate column name") {
+		return nil // another process added it meanwhile
+	}
 	return err
 }
 
@@ -173,6 +204,7 @@ func indexDefs(t Tables) []indexDef {
 		{t.Audit(), "type", "(type, seq)", false},
 		{t.Audit(), "actor", "(actor, seq)", false},
 		{t.Audit(), "time", "(occurred_at)", false},
+		{t.Audit(), "event", "(event_id)", true}, // each event is applied once: dropReplays
 	}
 	out := make([]indexDef, len(defs))
 	for i, d := range defs {

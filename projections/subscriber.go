@@ -38,7 +38,9 @@ type streamSubscriber struct {
 	wg        sync.WaitGroup
 	want      atomic.Uint64 // the highest stream sequence a caller waits to see projected
 	arrived   func(Arrival) // sees every event handed on, and each start, in stream order
-	nudge     chan struct{} // wakes the bridge when a caller starts waiting
+	keys      *events.Keyring
+	refused   func(seq uint64, subject string, err error) // sees each event refused by signature verification
+	nudge     chan struct{}                               // wakes the bridge when a caller starts waiting
 }
 
 // waitingFor tells the feed that a caller waits for the event at seq: if the consumer stays
@@ -354,8 +356,9 @@ func (f *feed) readDirect(ctx context.Context) (int, error) {
 	return read, err
 }
 
-// messages decodes raw messages into batches; an undecodable one travels alone as a poison
-// message (payload and headers kept) so it ends in the poison queue instead of blocking.
+// messages verifies and decodes raw messages into batches; an undecodable or refused one
+// (signature) travels alone as a poison message (payload and headers kept) so it ends in the
+// poison queue instead of blocking, and is never applied.
 func (s *streamSubscriber) messages(ctx context.Context, raw []rawEvent) []*message.Message {
 	var out []*message.Message
 	var batch []events.Envelope
@@ -368,8 +371,11 @@ func (s *streamSubscriber) messages(ctx context.Context, raw []rawEvent) []*mess
 		}
 	}
 	for _, r := range raw {
-		env, err := events.Decode(r.subject, r.header, r.data, r.seq)
+		env, err := s.keys.Decode(r.subject, r.header, r.data, r.seq)
 		if err != nil {
+			if events.IsRefused(err) && s.refused != nil {
+				s.refused(r.seq, r.subject, err)
+			}
 			flush()
 			m := message.NewMessage(watermill.NewUUID(), r.data)
 			for k, v := range r.header {

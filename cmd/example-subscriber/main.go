@@ -12,8 +12,9 @@
 //   - A durable pull consumer with DeliverAllPolicy, so a service that starts late (or a new
 //     durable name) receives the full history, and a restart resumes where it stopped.
 //   - In-order processing: MaxAckPending 1 and one goroutine handling one message at a time.
-//   - Decoding only through the public contract, events.Decode, and failing loudly (not skipping)
-//     on an event this build cannot read.
+//   - Decoding only through the public contract, events.Keyring.Decode, which checks each
+//     event's signature against identityd's public keys: a forged event is refused (logged,
+//     terminated, never applied); an event this build cannot read stops it loudly (not skipping).
 //
 // The code is split so the core is testable: main only parses configuration and wires a NATS
 // connection; run (run.go) consumes; provisioner (state.go) folds events into state.
@@ -28,12 +29,15 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
@@ -46,6 +50,9 @@ type config struct {
 	Durable   string     // EXAMPLE_SUBSCRIBER_DURABLE / --durable
 	StatePath string     // EXAMPLE_SUBSCRIBER_STATE / --state
 	LogLevel  slog.Level // IDENTITYD_LOG_LEVEL / --log-level
+	// Keys verifies every event's signature: from IDENTITYD_EVENT_PUBLIC_KEYS / --event-keys,
+	// or else the key file of identityd's data dir (IDENTITYD_DATA_DIR / --data-dir).
+	Keys *events.Keyring
 
 	// Not settable from the command line; zero values take defaults in run.
 	Stream  string        // default events.StreamName
@@ -60,6 +67,8 @@ type config struct {
 	afterSave func(seq uint64) error
 	// onSkip runs when a message at or below the stored sequence is acked and skipped.
 	onSkip func(seq uint64)
+	// onRefused runs when an event is refused because its signature does not verify.
+	onRefused func(seq uint64)
 }
 
 // setting is one configuration value: an environment variable and a flag; the flag wins.
@@ -76,6 +85,9 @@ var settings = []setting{
 	{"EXAMPLE_SUBSCRIBER_DURABLE", "durable", "example-provisioner", "durable consumer name (one per independent copy of the state)"},
 	{"EXAMPLE_SUBSCRIBER_STATE", "state", "./example-state.json", "state file: subscribed accounts and the last applied stream sequence"},
 	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
+	{"IDENTITYD_EVENT_PUBLIC_KEYS", "event-keys", "", "identityd's event public keys (ed25519:..., comma-separated; GET /api/v0/event-keys lists them); unset: read from the data dir"},
+	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "identityd's data dir, whose event-keys.pub is read when --event-keys is unset"},
+	{"IDENTITYD_EVENTS_UNSIGNED_THROUGH", "events-unsigned-through", "0", "accept unsigned events (written before identityd signed events) up to this stream sequence"},
 }
 
 // loadConfig reads flags over environment variables over defaults.
@@ -116,6 +128,11 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("IDENTITYD_LOG_LEVEL"))); err != nil {
 		errs = append(errs, fmt.Errorf("IDENTITYD_LOG_LEVEL: %w", err))
+	}
+	if unsigned, err := strconv.ParseUint(get("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), 10, 64); err != nil {
+		errs = append(errs, errors.New("--events-unsigned-through: want a stream sequence"))
+	} else if c.Keys, err = eventkeys.ReaderKeyring(get("IDENTITYD_EVENT_PUBLIC_KEYS"), get("IDENTITYD_DATA_DIR"), unsigned, nil); err != nil {
+		errs = append(errs, err)
 	}
 	return c, errors.Join(errs...)
 }

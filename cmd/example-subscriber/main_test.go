@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -133,6 +134,7 @@ func (tr *tracker) lastApplied() uint64 {
 // config for one run; then(n, seq) runs after the n-th distinct event was saved, before its ack.
 func (h *harness) config(durable, statePath string, tr *tracker, then func(n int, seq uint64) error) config {
 	return config{
+		Keys:      eventstoretest.Keys,
 		Durable:   durable,
 		StatePath: statePath,
 		AckWait:   time.Second, // a "crashed" message comes back after 1 s instead of 30
@@ -395,6 +397,47 @@ func TestLateConsumerGetsFullHistory(t *testing.T) {
 	h.checkFinal(t, earlyPath, earlyTr)
 }
 
+// An event written by someone with publish rights but without identityd's signing key (here:
+// a rename signed with another key, on a real subscriber's subject) is refused: never applied,
+// reported, and the events after it are applied as usual.
+func TestForgedEventIsRefused(t *testing.T) {
+	h := newHarness(t)
+	ann := h.register("Ann", "ann@example.com")
+	attacker, err := events.NewSigningKey(bytes.Repeat([]byte{0x66}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, _, err := events.Encode(attacker, uuid.NewString(), time.Now(), events.Metadata{Actor: "system"}, "", events.Renamed(ann, "Ann", "Mallory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := h.js.PublishMsg(context.Background(), forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.rename(ann, "Ann B")
+
+	path := filepath.Join(t.TempDir(), "state.json")
+	tr := newTracker()
+	var refused []uint64
+	var mu sync.Mutex
+	cfg := h.config("forged", path, tr, nil)
+	cfg.onRefused = func(seq uint64) { mu.Lock(); refused = append(refused, seq); mu.Unlock() }
+	r := h.start(cfg)
+	r.waitApplied(t, tr, h.lastMatching())
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(refused) != 1 || refused[0] != ack.Sequence || tr.applied[ack.Sequence] != 0 {
+		t.Fatalf("forged event at %d: refused %v, applied %d times", ack.Sequence, refused, tr.applied[ack.Sequence])
+	}
+	if got := readState(t, path).Accounts[ann.String()].Name; got != "Ann B" {
+		t.Fatalf("Ann's name is %q", got)
+	}
+}
+
 // Losing the state file while the durable survives would resume after the server's ack floor
 // and silently miss earlier sign-ups; run refuses instead.
 func TestLostStateIsRefused(t *testing.T) {
@@ -445,11 +488,18 @@ func TestApplyRefusesReplays(t *testing.T) {
 }
 
 func TestLoadConfig(t *testing.T) {
-	env := map[string]string{}
+	env := map[string]string{"IDENTITYD_DATA_DIR": t.TempDir()}
 	getenv := func(k string) string { return env[k] }
+	if _, err := loadConfig(nil, getenv, io.Discard); err == nil || !strings.Contains(err.Error(), "no event public keys") {
+		t.Fatalf("no keys to verify events with: %v", err)
+	}
+	env["IDENTITYD_EVENT_PUBLIC_KEYS"] = eventstoretest.Signer.PublicKey().String()
 	c, err := loadConfig(nil, getenv, io.Discard)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(c.Keys.Keys()) != 1 || c.Keys.Keys()[0].KeyID() != eventstoretest.Signer.PublicKey().KeyID() {
+		t.Fatalf("keys = %v", c.Keys.Keys())
 	}
 	if c.NATSURL != "nats://127.0.0.1:14222" || c.Durable != "example-provisioner" || c.StatePath != "./example-state.json" {
 		t.Fatalf("defaults = %+v", c)

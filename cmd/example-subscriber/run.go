@@ -16,6 +16,9 @@ import (
 // human or a restart (then it returns the error). It starts from the state file every time, so
 // after any error the safe recovery is simply to run again.
 func run(ctx context.Context, js jetstream.JetStream, cfg config) error {
+	if cfg.Keys == nil {
+		return errors.New("no event public keys to verify events with")
+	}
 	if cfg.Stream == "" {
 		cfg.Stream = events.StreamName
 	}
@@ -144,7 +147,19 @@ func (p *provisioner) handle(ctx context.Context, msg jetstream.Msg, cfg config)
 		return nil
 	}
 
-	env, err := events.Decode(msg.Subject(), msg.Headers(), msg.Data(), seq) // 2.
+	env, err := cfg.Keys.Decode(msg.Subject(), msg.Headers(), msg.Data(), seq) // 2.
+	if events.IsRefused(err) {
+		// Not identityd's event: someone with publish rights wrote it without the signing key.
+		// Never apply it; terminate it so it is not redelivered, and tell the operator.
+		p.log.Error("refused an event whose signature does not verify; not applied", "seq", seq, "subject", msg.Subject(), "err", err)
+		if cfg.onRefused != nil {
+			cfg.onRefused(seq)
+		}
+		if err := msg.Term(); err != nil {
+			p.log.Warn("terminating the refused event failed; it will be redelivered and refused again", "seq", seq, "err", err)
+		}
+		return nil
+	}
 	if err != nil {
 		// A newer schema or event type this build cannot read. Skipping it could drop an
 		// unsubscription, so stop with the message unacked: after an upgrade, the restarted

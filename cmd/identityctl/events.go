@@ -38,6 +38,11 @@ func subjectFilter(user, typ string) (string, error) {
 	return strings.Join([]string{events.SubjectRoot, kind, aggID, suffix}, "."), nil
 }
 
+// refused notes on stderr an event skipped because its signature does not verify.
+func (c *cli) refused(e events.Envelope) {
+	fmt.Fprintf(c.stderr, "identityctl: skipping event %d on %s, refused: %v\n", e.Sequence, e.NATSSubj, e.Refusal)
+}
+
 func (c *cli) print(e events.Envelope) error {
 	ce, err := events.ToCloudEvent(e)
 	if err != nil {
@@ -98,7 +103,11 @@ func (c *cli) eventsTail(ctx context.Context, args []string) error {
 		if err != nil {
 			return err
 		}
-		env, err := events.Decode(m.Subject(), m.Headers(), m.Data(), md.Sequence.Stream)
+		env, err := st.Keys().Decode(m.Subject(), m.Headers(), m.Data(), md.Sequence.Stream)
+		if events.IsRefused(err) {
+			c.refused(env)
+			continue
+		}
 		if err != nil {
 			fmt.Fprintln(c.stderr, "identityctl: skipping undecodable event:", err)
 			continue
@@ -166,6 +175,10 @@ func (c *cli) eventsExport(ctx context.Context, args []string) error {
 		for _, e := range batch {
 			if e.Sequence > end || (!until.IsZero() && !e.Time.Before(until)) {
 				return nil
+			}
+			if e.Refusal != nil {
+				c.refused(e)
+				continue
 			}
 			if e.Time.Before(since) {
 				continue

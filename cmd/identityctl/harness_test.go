@@ -22,6 +22,7 @@ import (
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
@@ -50,7 +51,8 @@ type world struct {
 func newWorld(t *testing.T, dbURL string) *world {
 	t.Helper()
 	w := startWorld(t, dbURL, t.TempDir())
-	w.env = map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL}
+	w.env = map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL,
+		"IDENTITYD_EVENT_PUBLIC_KEYS": eventstoretest.Signer.PublicKey().String()}
 	return w
 }
 
@@ -85,13 +87,13 @@ func startWorld(t *testing.T, dbURL, keyDir string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(w.nc.Close)
-	w.store, err = eventstore.Open(ctx, eventstore.Config{Conn: w.nc})
+	w.store, err = eventstore.Open(ctx, eventstore.Config{Conn: w.nc, Keys: eventstoretest.Keys, Signer: eventstoretest.Signer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.db = dbtest.Open(t, dbURL)
 	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w.proj, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: w.db, JetStream: w.store.JetStream(), Logger: logger})
+	w.proj, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: w.db, JetStream: w.store.JetStream(), Keys: eventstoretest.Keys, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
@@ -15,9 +18,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -151,22 +156,70 @@ func TestVerifyDetectsForgedEvent(t *testing.T) {
 	}
 	w.waitFor(ack.Sequence)
 
-	// The read model followed the forged event, so only the chain can tell.
+	// The signature no longer matches what was signed: the projector refused the event (the
+	// read model did not follow it), verify flags it, users show leaves it out.
 	r := w.ctl("verify").expect(t, 1)
 	diffs, s := verifyOutput(t, r)
-	if len(diffs) != 1 || diffs[0].Kind != "hash_chain_broken" || diffs[0].Aggregate != agg(h.bob) ||
-		diffs[0].Sequence != ack.Sequence || *s.Verified || s.Events != ack.Sequence {
-		t.Fatalf("want one hash_chain_broken for %s at %d, got %s", agg(h.bob), ack.Sequence, r)
+	if len(diffs) != 1 || diffs[0].Kind != "signature_invalid" || diffs[0].Aggregate != agg(h.bob) ||
+		diffs[0].Sequence != ack.Sequence || *s.Verified || s.Events != ack.Sequence-1 {
+		t.Fatalf("want one signature_invalid for %s at %d, got %s", agg(h.bob), ack.Sequence, r)
 	}
-	show := decode[domain.UserSnapshot](t, w.ctl("users", "show", h.bob.String()).expect(t, 0).lines[0])
-	if show.Name != "Mallory" || show.Version != ack.Sequence {
-		t.Fatalf("users show after forgery: %+v", show)
+	if u, err := projections.NewReadModel(w.db, projections.CurrentTables).User(ctx, h.bob); err != nil || u.Name != "Robert Builder" {
+		t.Fatalf("the read model followed the forged event: %+v %v", u, err)
 	}
-	// A rebuild cannot repair the stream: the break stays.
+	shown := w.ctl("users", "show", h.bob.String()).expect(t, 0)
+	show := decode[domain.UserSnapshot](t, shown.lines[0])
+	if show.Name != "Robert Builder" || show.Version == ack.Sequence || !strings.Contains(shown.stderr, "refused") {
+		t.Fatalf("users show after forgery: %+v (stderr %q)", show, shown.stderr)
+	}
+	// A rebuild leaves it out too, and cannot repair the stream: the finding stays.
 	w.ctl("projections", "rebuild").expect(t, 0)
 	diffs, _ = verifyOutput(t, w.ctl("verify").expect(t, 1))
-	if len(diffs) != 1 || diffs[0].Kind != "hash_chain_broken" {
+	if len(diffs) != 1 || diffs[0].Kind != "signature_invalid" {
 		t.Fatalf("verify after rebuild: %+v", diffs)
+	}
+	if u, err := projections.NewReadModel(w.db, projections.CurrentTables).User(ctx, h.bob); err != nil || u.Name != "Robert Builder" {
+		t.Fatalf("the rebuild applied the forged event: %+v %v", u, err)
+	}
+}
+
+// TestVerifyDetectsEventSignedWithoutTheKey: an attacker with publish rights who writes a
+// well-formed event, chained to the victim's last event, but signed with a key of their own (a
+// token_created with a secret they chose) cannot authenticate as the victim, and verify flags
+// the event.
+func TestVerifyDetectsEventSignedWithoutTheKey(t *testing.T) {
+	t.Parallel()
+	w := newPostgresWorld(t)
+	h := w.seed()
+	ctx := context.Background()
+	history, err := w.store.Load(ctx, events.UserAggregate(h.bob), 0)
+	if err != nil || len(history) == 0 {
+		t.Fatal(err)
+	}
+	attacker, err := events.NewSigningKey(bytes.Repeat([]byte{0x41}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := "idt_attacker-chosen-secret"
+	sum := sha256.Sum256([]byte(secret))
+	token := uuid.New()
+	forged, _, err := events.Encode(attacker, uuid.NewString(), time.Now().UTC(), events.Metadata{Actor: "user:" + h.bob.String()},
+		history[len(history)-1].ChainHash, events.TokenCreated{Versioned: events.V(), UserID: h.bob, TokenID: token,
+			Description: "backdoor", Digest: hex.EncodeToString(sum[:]), CreatedAt: time.Now().UTC()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ack, err := w.store.JetStream().PublishMsg(ctx, forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.waitFor(ack.Sequence)
+	if _, err := projections.NewReadModel(w.db, projections.CurrentTables).APITokenByDigest(ctx, hex.EncodeToString(sum[:])); err == nil {
+		t.Fatal("the forged token is in the read model")
+	}
+	diffs, _ := verifyOutput(t, w.ctl("verify").expect(t, 1))
+	if len(diffs) != 1 || diffs[0].Kind != "signature_invalid" || diffs[0].Sequence != ack.Sequence {
+		t.Fatalf("verify: %+v", diffs)
 	}
 }
 
@@ -676,6 +729,10 @@ func TestEmbeddedDefaultsSQLite(t *testing.T) {
 	w.env = map[string]string{
 		"IDENTITYD_DATA_DIR":    dir,
 		"IDENTITYD_NATS_LISTEN": strings.TrimPrefix(w.natsURL, "nats://"),
+	}
+	// identityd publishes its event public keys in its data dir; identityctl reads them there.
+	if err := eventkeys.WriteFile(dir, eventstoretest.Signer, eventstoretest.Keys); err != nil {
+		t.Fatal(err)
 	}
 	h := w.seed()
 	last := w.sync()

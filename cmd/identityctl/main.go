@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
@@ -57,6 +59,10 @@ Global flags (each also an environment variable, as for identityd):
                         read-only (reader) credentials are enough
   --database-url URL    IDENTITYD_DATABASE_URL; unset: SQLite in IDENTITYD_DATA_DIR (default ./data)
   --data-dir DIR        IDENTITYD_DATA_DIR
+  --event-keys KEYS     IDENTITYD_EVENT_PUBLIC_KEYS: trusted event public keys (ed25519:...),
+                        comma-separated; unset: the keys identityd wrote to DATA_DIR/event-keys.pub
+  --events-unsigned-through SEQ
+                        IDENTITYD_EVENTS_UNSIGNED_THROUGH: accept unsigned (pre-signing) events up to SEQ
 
 nats credentials prints where the read-only reader key of an identityd on embedded NATS is (the
 data dir's credentials/reader.nk, 0600) and its public key; --seed prints the seed file itself,
@@ -65,6 +71,8 @@ to hand to a subscriber. nats keys creates (or keeps) identityd's and the reader
 and permissions, for an external NATS (deploy/nats.conf).
 
 Times are RFC 3339 (2026-11-22T10:00:00Z). Output is JSON, one object per line.
+Events whose signature does not verify are refused: tail and export skip them with a note on
+stderr, users show leaves them out, verify reports each as a difference.
 Exit codes: 0 ok, 1 differences found / no such user, 2 usage, 3 error.
 `
 
@@ -79,8 +87,18 @@ func main() {
 type cli struct {
 	natsURL, dbURL string
 	natsCreds      string // "" connects without credentials
-	dataDir        string
 	sqlitePath     string // set when the read model is the embedded default
+	dataDir        string
+	// eventKeys are the trusted event public keys as text ("": identityd's key file in the
+	// data dir); unsignedThrough accepts unsigned events up to that stream sequence.
+	eventKeys       string
+	unsignedThrough uint64
+	// secretKey is identityd's IDENTITYD_SECRET_KEY if set: with it (or the data dir's
+	// secret.key) events are verified by their MAC, a fiftieth of the signature's cost.
+	secretKey string
+	// signaturesOnly verifies every event's Ed25519 signature, as a subscriber does, even with
+	// the secret key at hand (verify: the audit must see what consumers see).
+	signaturesOnly bool
 	out            *json.Encoder
 	stdout         io.Writer
 	stderr         io.Writer
@@ -103,6 +121,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	natsCreds := fs.String("nats-creds", getenv("IDENTITYD_NATS_CREDS"), "")
 	dbURL := fs.String("database-url", getenv("IDENTITYD_DATABASE_URL"), "")
 	dataDir := fs.String("data-dir", getenv("IDENTITYD_DATA_DIR"), "")
+	eventKeys := fs.String("event-keys", getenv("IDENTITYD_EVENT_PUBLIC_KEYS"), "")
+	unsignedThrough := fs.String("events-unsigned-through", getenv("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), "")
 	if err := fs.Parse(args); err != nil || fs.NArg() == 0 {
 		fmt.Fprint(stderr, usage)
 		if errors.Is(err, flag.ErrHelp) {
@@ -113,7 +133,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if *dataDir == "" {
 		*dataDir = "./data"
 	}
-	c := &cli{natsURL: *natsURL, natsCreds: *natsCreds, dataDir: *dataDir, dbURL: *dbURL,
+	c := &cli{natsURL: *natsURL, natsCreds: *natsCreds, dbURL: *dbURL,
 		out: json.NewEncoder(stdout), stdout: stdout, stderr: stderr, tty: isTerminal(stderr)}
 	if c.natsCreds == "" {
 		c.natsCreds = embedded.DefaultReaderCredentials(*dataDir)
@@ -124,6 +144,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			listen = "127.0.0.1:14222"
 		}
 		c.natsURL = "nats://" + listen
+	}
+	c.dataDir, c.eventKeys, c.secretKey = *dataDir, *eventKeys, getenv("IDENTITYD_SECRET_KEY")
+	if *unsignedThrough != "" {
+		n, err := strconv.ParseUint(*unsignedThrough, 10, 64)
+		if err != nil {
+			fmt.Fprintf(stderr, "identityctl: --events-unsigned-through: want a stream sequence, got %q\n", *unsignedThrough)
+			return exitUsage
+		}
+		c.unsignedThrough = n
 	}
 	if c.dbURL == "" {
 		c.sqlitePath = filepath.Join(*dataDir, "identityd.db")
@@ -221,8 +250,18 @@ func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
 			"--nats-creds / IDENTITYD_NATS_CREDS or IDENTITYD_DATA_DIR for the reader's key)", eventstore.RedactURL(c.natsURL), err)
 	}
 	c.nc = nc
+	var secret []byte
+	if !c.signaturesOnly {
+		if secret, err = eventkeys.ReadSecret(c.secretKey, c.dataDir); err != nil {
+			return nil, err
+		}
+	}
+	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough, secret)
+	if err != nil {
+		return nil, err
+	}
 	// Read-only: identityctl never creates or changes the stream, so the reader's key does.
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, ReadOnly: true})
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Keys: keys, ReadOnly: true})
 	if err != nil {
 		return nil, err
 	}

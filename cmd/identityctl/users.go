@@ -37,6 +37,11 @@ func (c *cli) usersShow(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	for _, e := range history {
+		if e.Refusal != nil {
+			c.refused(e)
+		}
+	}
 	snap := domain.ReplayUser(id, history, asOf)
 	if err := c.out.Encode(snap); err != nil {
 		return err

@@ -13,6 +13,7 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 	if len(args) > 0 {
 		return usageError{"verify takes no arguments"}
 	}
+	c.signaturesOnly = true
 	db, st, err := c.both(ctx, false)
 	if err != nil {
 		return err

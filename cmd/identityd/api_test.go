@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -557,4 +558,91 @@ func flipLast(token string) string {
 		last = '1'
 	}
 	return token[:len(token)-1] + string(last)
+}
+
+// TestIdempotentLogInAfterExpiry: with a short session TTL, a log-in replayed with its
+// Idempotency-Key before expiry returns the first answer; once that session has expired the
+// replay answers 409 idempotency_key_reused instead of 201 with a dead token; a new key logs in.
+func TestIdempotentLogInAfterExpiry(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	in := e.startWith(func(c *config) { c.SessionTTL = 1500 * time.Millisecond })
+	signUp(t, in.url, "hopper@example.com", "Grace")
+	body := map[string]string{"email": "hopper@example.com", "password": "correct horse battery"}
+	first := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	mustStatus(t, first, http.StatusCreated)
+	again := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	mustStatus(t, again, http.StatusCreated)
+	if string(first.Body) != string(again.Body) {
+		t.Fatalf("replay within the TTL differs:\n%s\n%s", first.Body, again.Body)
+	}
+	token := first.json(t)["token"].(string)
+	expires, err := time.Parse(time.RFC3339Nano, first.json(t)["session"].(map[string]any)["expires_at"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(expires) + 50*time.Millisecond)
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", token, nil), http.StatusUnauthorized)
+
+	r := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	if r.Status != http.StatusConflict || r.errCode(t) != "idempotency_key_reused" {
+		t.Fatalf("replay after expiry: %d %s, want 409 idempotency_key_reused", r.Status, r.Body)
+	}
+	if strings.Contains(string(r.Body), token) {
+		t.Fatal("the refusal carries the dead token")
+	}
+	fresh := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-2")
+	mustStatus(t, fresh, http.StatusCreated)
+	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", fresh.json(t)["token"].(string), nil), http.StatusOK)
+}
+
+// TestBodiesNeedJSONContentType: what a cross-site page can send without a CORS preflight — a
+// fetch with a Blob body (no Content-Type), text/plain, a form — is refused with 415 in the
+// envelope, before anything is written; a create with truly no body still works.
+func TestBodiesNeedJSONContentType(t *testing.T) {
+	e := newEnv(t, dbtest.Backends[1])
+	in := e.start()
+	session, _ := signUp(t, in.url, "lamport@example.com", "Leslie")
+	send := func(method, path, token, body, ct string) response {
+		t.Helper()
+		req, err := newRequest(in.url, method, path, token, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if body != "" {
+			req.Body, req.ContentLength = io.NopCloser(strings.NewReader(body)), int64(len(body))
+		}
+		if ct != "" {
+			req.Header.Set("Content-Type", ct)
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		raw, _ := io.ReadAll(res.Body)
+		out := response{Status: res.StatusCode, Header: res.Header, Body: raw}
+		validate(t, req, out)
+		return out
+	}
+	signup := `{"email":"mallory@example.com","name":"Mallory","password":"correct horse battery"}`
+	for _, ct := range []string{"", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded"} {
+		for _, c := range []struct{ method, path, token, body string }{
+			{"POST", "/api/v0/users", "", signup},
+			{"POST", "/api/v0/sessions", "", `{"email":"lamport@example.com","password":"correct horse battery"}`},
+			{"PATCH", "/api/v0/user", session, `{"name":"Mallory"}`},
+			{"POST", "/api/v0/user/api-tokens", session, `{"description":"csrf"}`},
+		} {
+			if r := send(c.method, c.path, c.token, c.body, ct); r.Status != http.StatusUnsupportedMediaType || r.errCode(t) != "unsupported_media_type" {
+				t.Errorf("%s %s with Content-Type %q: %d %s, want 415 unsupported_media_type", c.method, c.path, ct, r.Status, r.Body)
+			}
+		}
+	}
+	if r := call(t, in.url, "GET", "/api/v0/user", session, nil); r.json(t)["name"] != "Leslie" {
+		t.Fatalf("a refused body changed the user: %s", r.Body)
+	}
+	if n := len(call(t, in.url, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
+		t.Fatalf("%d tokens after refused creates", n)
+	}
+	mustStatus(t, send("POST", "/api/v0/user/api-tokens", session, "", ""), http.StatusCreated)
+	mustStatus(t, send("POST", "/api/v0/sessions", "", `{"email":"lamport@example.com","password":"correct horse battery"}`, "application/json; charset=utf-8"), http.StatusCreated)
 }

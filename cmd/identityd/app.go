@@ -17,7 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
@@ -36,7 +38,8 @@ type app struct {
 	presence  *eventstore.Presence         // registers this instance for cache leases; nil with the cache off
 	lease     time.Duration                // the cache's lease
 	nc        *nats.Conn
-	ns        *server.Server // nil with an external NATS
+	keys      *events.Keyring // the event public keys this instance trusts
+	ns        *server.Server  // nil with an external NATS
 	logger    *slog.Logger
 	runDone   chan error
 	cancel    context.CancelFunc
@@ -50,7 +53,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 			a.close()
 		}
 	}()
-	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil { // secret key, event store, read model: owner only
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
 
@@ -98,10 +101,32 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", eventstore.RedactURL(natsURL), err)
 	}
-	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas})
+	key := cfg.SecretKey
+	if key == nil {
+		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, eventkeys.SecretFileName)); err != nil {
+			return nil, err
+		}
+	}
+	signer, err := eventkeys.Signer(key, cfg.EventSigningSeed)
 	if err != nil {
 		return nil, err
 	}
+	keys, err := eventkeys.ServiceKeyring(key, signer, cfg.EventPublicKeys, cfg.UnsignedThrough)
+	if err != nil {
+		return nil, err
+	}
+	if err := eventkeys.WriteFile(cfg.DataDir, signer, keys); err != nil {
+		return nil, err
+	}
+	a.keys = keys
+	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas, Keys: keys, Signer: signer})
+	if err != nil {
+		return nil, err
+	}
+	if err := store.CheckSignedHistory(ctx); err != nil {
+		return nil, err
+	}
+	logger.Info("events are signed", "key_id", signer.PublicKey().KeyID(), "public_key", signer.PublicKey().String())
 
 	dbURL := cfg.DatabaseURL
 	if dbURL == "" {
@@ -111,7 +136,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Logger: logger})
+	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Keys: keys, Logger: logger})
 	if err != nil {
 		return nil, err
 	}
@@ -153,12 +178,6 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		return nil, errors.New("projector did not start within 30s")
 	}
 
-	key := cfg.SecretKey
-	if key == nil {
-		if key, err = loadOrCreateKey(filepath.Join(cfg.DataDir, "secret.key")); err != nil {
-			return nil, err
-		}
-	}
 	svc, err := domain.NewService(store, domain.ServiceConfig{
 		Password:          domain.PasswordParams{MemoryKiB: cfg.Argon2MemKiB, Time: cfg.Argon2Time, Threads: 1},
 		SessionTTL:        cfg.SessionTTL,
@@ -167,11 +186,19 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
+	seq, err := bootstrapAdmin(ctx, cfg.BootstrapAdmin, svc, store, logger)
+	if err != nil {
+		return nil, err
+	}
+	if err := waitBootstrap(ctx, a.projector, seq); err != nil {
+		return nil, err
+	}
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
+		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: keys},
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
-		AdminEmails: cfg.AdminEmails, TrustedProxies: cfg.TrustedProxies,
+		TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {
 			if !a.nc.IsConnected() {
 				return errors.New("NATS disconnected")

@@ -36,14 +36,16 @@ func page(t *testing.T, r response) auditPage {
 
 // TestAuditHistory: each user reads their own history, newest first and paginated, with who,
 // when, from where and what changed, and never a secret; administrators filter the whole log.
+// The auditor is made the first administrator by the bootstrap, by e-mail, at the start of an
+// instance after the account exists.
 func TestAuditHistory(t *testing.T) {
 	e := postgresEnv(t)
-	e.admins = []string{"Auditor@example.com"}
-	in := e.start()
+	e.bootstrapAdmin = "Auditor@example.com"
+	in := e.start() // no such account yet: no administrator
 	ua := []string{"User-Agent", "audit-test/1.0"}
 	session, userID := signUp(t, in.url, "ada@example.com", "Ada")
 	other, otherID := signUp(t, in.url, "bob@example.com", "Bob")
-	auditor, _ := signUp(t, in.url, "auditor@example.com", "Auditor")
+	auditor, auditorID := signUp(t, in.url, "auditor@example.com", "Auditor")
 	mustStatus(t, call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Ada King"}, append(ua, "X-Request-Id", "rename-1")...), 200)
 	r := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, ua...)
 	mustStatus(t, r, 201)
@@ -115,6 +117,14 @@ func TestAuditHistory(t *testing.T) {
 	if r := call(t, in.url, "GET", "/api/v0/admin/events", session, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
 		t.Fatalf("non-admin: %d %s", r.Status, r.Body)
 	}
+	if r := call(t, in.url, "GET", "/api/v0/admin/events", auditor, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
+		t.Fatalf("auditor before the bootstrap: %d %s", r.Status, r.Body)
+	}
+	e.start() // a restart: the bootstrap grants the auditor's account (by id) administrator rights
+	if p := page(t, call(t, in.url, "GET", "/api/v0/admin/events?type=identityd.user.admin_granted", auditor, nil)); len(p.Events) != 1 ||
+		p.Events[0].Actor != "system" || p.Events[0].UserID == nil || *p.Events[0].UserID != auditorID {
+		t.Fatalf("the bootstrap's grant: %+v", p.Events)
+	}
 	admin := func(query string) auditPage {
 		t.Helper()
 		return page(t, call(t, in.url, "GET", "/api/v0/admin/events?"+query, auditor, nil))
@@ -135,8 +145,9 @@ func TestAuditHistory(t *testing.T) {
 	if n := len(admin("since=" + future).Events); n != 0 {
 		t.Fatalf("%d events in the future", n)
 	}
-	if n := len(admin("until=" + future + "&limit=200").Events); n != 3*4+3+1 {
-		t.Fatalf("%d events before now, want %d", n, 3*4+3+1)
+	// 3 sign-ups of 4 events, 3 renames, a token, and the bootstrap's admin_granted.
+	if n := len(admin("until=" + future + "&limit=200").Events); n != 3*4+3+1+1 {
+		t.Fatalf("%d events before now, want %d", n, 3*4+3+1+1)
 	}
 	if r := call(t, in.url, "GET", "/api/v0/admin/events?since=yesterday", auditor, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
 		t.Fatalf("bad since: %d %s", r.Status, r.Body)

@@ -11,29 +11,39 @@ import (
 	"strings"
 	"time"
 
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstore"
 )
 
 // config is everything identityd can be told. Each setting is an environment variable with a
 // flag of the same meaning; a flag wins over the variable.
 type config struct {
-	HTTPAddr       string
-	DataDir        string
-	NATSURL        string
-	NATSListen     string
-	NATSCreds      string
-	NATSReplicas   int
-	DatabaseURL    string
-	SecretKey      []byte
-	PublicURL      string
-	LogLevel       slog.Level
-	SessionTTL     time.Duration
-	Argon2MemKiB   uint32
-	Argon2Time     uint32
-	ConsistencyMax time.Duration
-	CacheLease     time.Duration
-	CacheEntries   int
-	AdminEmails    []string
+	HTTPAddr     string
+	DataDir      string
+	NATSURL      string
+	NATSListen   string
+	NATSCreds    string
+	NATSReplicas int
+	DatabaseURL  string
+	SecretKey    []byte
+	// EventSigningSeed overrides the event-signing key derived from SecretKey (rotation).
+	EventSigningSeed []byte
+	// EventPublicKeys are further trusted event public keys (earlier rotations), as text.
+	EventPublicKeys string
+	// UnsignedThrough is the last stream sequence at which unsigned (pre-signing) events are
+	// accepted.
+	UnsignedThrough uint64
+	PublicURL       string
+	LogLevel        slog.Level
+	SessionTTL      time.Duration
+	Argon2MemKiB    uint32
+	Argon2Time      uint32
+	ConsistencyMax  time.Duration
+	CacheLease      time.Duration
+	CacheEntries    int
+	// BootstrapAdmin is the first administrator: a user id, or an e-mail resolved at start-up
+	// to the id of the account holding it (bootstrapAdmin). "" for none.
+	BootstrapAdmin string
 	TrustedProxies []string
 	DebugAddr      string
 	// Presence holds the timings of the instance registry (eventstore.PresenceConfig); not a
@@ -55,6 +65,9 @@ var settings = []setting{
 	{"IDENTITYD_NATS_REPLICAS", "nats-replicas", "0", "replicas of the event stream (3 on a NATS cluster); 0 keeps the existing stream's (1 for a new one)"},
 	{"IDENTITYD_DATABASE_URL", "database-url", "", "read-model database: postgres://user@host:5432/db?sslmode=disable; unset: SQLite file in the data dir"},
 	{"IDENTITYD_SECRET_KEY", "secret-key", "", "hex key (>= 32 bytes) deriving idempotent ids and secrets; instances sharing users must share it; unset: generated into the data dir"},
+	{"IDENTITYD_EVENT_SIGNING_KEY", "event-signing-key", "", "hex Ed25519 seed (32 bytes) events are signed with; unset: derived from the secret key. Set it to rotate the signing key (README, Security model)"},
+	{"IDENTITYD_EVENT_PUBLIC_KEYS", "event-public-keys", "", "comma-separated further public keys (ed25519:...) whose events are accepted: the keys of earlier rotations"},
+	{"IDENTITYD_EVENTS_UNSIGNED_THROUGH", "events-unsigned-through", "0", "last stream sequence at which unsigned events, written before identityd signed its events, are accepted; 0: none"},
 	{"IDENTITYD_PUBLIC_URL", "public-url", "", "externally visible base URL, used in error doc_url links; unset: http://<http-addr>"},
 	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
 	{"IDENTITYD_SESSION_TTL", "session-ttl", "720h", "lifetime of a log-in session"},
@@ -63,7 +76,7 @@ var settings = []setting{
 	{"IDENTITYD_CONSISTENCY_TIMEOUT", "consistency-timeout", "5s", "how long a write waits for the read model before answering (read-your-writes)"},
 	{"IDENTITYD_AUTH_CACHE_LEASE", "auth-cache-lease", "15ms", "credentials are answered from memory while this instance confirmed, within this long, that it has every event; writes that change a profile or revoke wait this long. Instances sharing a stream must use the same value; 0 turns the cache off"},
 	{"IDENTITYD_AUTH_CACHE_ENTRIES", "auth-cache-entries", "100000", "credentials kept in memory at most"},
-	{"IDENTITYD_ADMIN_EMAILS", "admin-emails", "", "comma-separated emails of the users allowed on the admin endpoints (audit log)"},
+	{"IDENTITYD_BOOTSTRAP_ADMIN", "bootstrap-admin", "", "the first administrator: a user id (preferred) or the e-mail of an existing account, granted admin rights by an event at start-up, once in the life of the stream (only while no administrator was ever granted); afterwards administrators grant and revoke rights over the API"},
 	{"IDENTITYD_DEBUG_ADDR", "debug-addr", "", "address of the profiling endpoints (/debug/pprof/), e.g. 127.0.0.1:6060; unset: off. Never expose it publicly"},
 	{"IDENTITYD_TRUSTED_PROXIES", "trusted-proxies", "", "comma-separated proxy addresses/CIDRs whose X-Forwarded-For gives the client IP recorded in events; unset: none"},
 }
@@ -83,6 +96,9 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 			"Usage: identityd [flags]\n\nWith nothing set it runs on embedded defaults: an in-process NATS JetStream\n"+
 			"server and an SQLite read model, both under the data dir.\n\nFlags (each also an environment variable):\n")
 		fs.PrintDefaults()
+	}
+	if err := refuseAdminEmails(args, getenv); err != nil {
+		return config{}, err
 	}
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -117,6 +133,18 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 			errs = append(errs, errors.New("IDENTITYD_SECRET_KEY must be at least 32 bytes, hex encoded"))
 		}
 	}
+	if k := get("IDENTITYD_EVENT_SIGNING_KEY"); k != "" {
+		if c.EventSigningSeed, err = hex.DecodeString(k); err != nil || len(c.EventSigningSeed) != 32 {
+			errs = append(errs, errors.New("IDENTITYD_EVENT_SIGNING_KEY must be 32 bytes, hex encoded"))
+		}
+	}
+	c.EventPublicKeys = get("IDENTITYD_EVENT_PUBLIC_KEYS")
+	if _, err := events.ParsePublicKeys(c.EventPublicKeys); err != nil {
+		errs = append(errs, fmt.Errorf("IDENTITYD_EVENT_PUBLIC_KEYS: %w", err))
+	}
+	if c.UnsignedThrough, err = strconv.ParseUint(get("IDENTITYD_EVENTS_UNSIGNED_THROUGH"), 10, 64); err != nil {
+		errs = append(errs, errors.New("IDENTITYD_EVENTS_UNSIGNED_THROUGH must be a stream sequence (an integer >= 0)"))
+	}
 	if err := c.LogLevel.UnmarshalText([]byte(get("IDENTITYD_LOG_LEVEL"))); err != nil {
 		errs = append(errs, fmt.Errorf("IDENTITYD_LOG_LEVEL: %w", err))
 	}
@@ -147,13 +175,41 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 	if c.HTTPAddr == "" || c.DataDir == "" {
 		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
 	}
-	c.AdminEmails = splitList(get("IDENTITYD_ADMIN_EMAILS"))
+	if c.BootstrapAdmin = get("IDENTITYD_BOOTSTRAP_ADMIN"); c.BootstrapAdmin != "" {
+		if _, err := parseBootstrapAdmin(c.BootstrapAdmin); err != nil {
+			errs = append(errs, fmt.Errorf("IDENTITYD_BOOTSTRAP_ADMIN: %w", err))
+		}
+	}
 	c.TrustedProxies = splitList(get("IDENTITYD_TRUSTED_PROXIES"))
 	c.DebugAddr = get("IDENTITYD_DEBUG_ADDR")
 	if c.PublicURL == "" {
 		c.PublicURL = "http://" + c.HTTPAddr
 	}
 	return c, errors.Join(errs...)
+}
+
+// errAdminEmails refuses the setting that granted admin rights by e-mail text.
+var errAdminEmails = errors.New("IDENTITYD_ADMIN_EMAILS (--admin-emails) is no longer supported: admin rights " +
+	"belonged to whoever registered a listed address (even a look-alike one). Admin rights now belong to a user id: " +
+	"set IDENTITYD_BOOTSTRAP_ADMIN (--bootstrap-admin) to the first administrator's user id (or its account's e-mail, " +
+	"resolved once at start-up), then grant others with PUT /api/v0/admin/users/{user_id}/admin")
+
+// refuseAdminEmails fails the start when the removed IDENTITYD_ADMIN_EMAILS is still set, so an
+// operator learns that rights moved to user ids instead of silently running without admins.
+func refuseAdminEmails(args []string, getenv func(string) string) error {
+	if getenv("IDENTITYD_ADMIN_EMAILS") != "" {
+		return errAdminEmails
+	}
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		name, _, _ := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if strings.HasPrefix(a, "-") && name == "admin-emails" {
+			return errAdminEmails
+		}
+	}
+	return nil
 }
 
 // splitList splits a comma-separated setting, dropping blanks.

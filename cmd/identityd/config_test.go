@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 )
 
@@ -96,6 +97,43 @@ func TestPresenceConfigFitsEveryLease(t *testing.T) {
 		}
 		if p.Margin < 10*lease {
 			t.Errorf("lease %s: margin %s, want at least ten leases", lease, p.Margin)
+		}
+	}
+}
+
+// TestConfigBootstrapAdmin: the first administrator is a user id or an e-mail; the removed
+// IDENTITYD_ADMIN_EMAILS stops the start with a message that names its replacement, whether it
+// comes from the environment or a flag.
+func TestConfigBootstrapAdmin(t *testing.T) {
+	for v, want := range map[string]bootstrapTarget{
+		"0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e": {id: uuid.MustParse("0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e")},
+		" Ops@Example.com ":                    {email: "ops@example.com"},
+	} {
+		c, err := loadConfig([]string{"--bootstrap-admin", v}, func(string) string { return "" }, &bytes.Buffer{})
+		if err != nil {
+			t.Fatalf("%q: %v", v, err)
+		}
+		if got, err := parseBootstrapAdmin(c.BootstrapAdmin); err != nil || got != want {
+			t.Errorf("%q = %+v, %v; want %+v", v, got, err, want)
+		}
+	}
+	for _, bad := range []string{"ops", "0194f3a2", "not an@address@x"} {
+		_, err := loadConfig(nil, func(k string) string { return map[string]string{"IDENTITYD_BOOTSTRAP_ADMIN": bad}[k] }, &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), "IDENTITYD_BOOTSTRAP_ADMIN") {
+			t.Errorf("%q: %v, want a refusal naming IDENTITYD_BOOTSTRAP_ADMIN", bad, err)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+	}{
+		{nil, map[string]string{"IDENTITYD_ADMIN_EMAILS": "ops@example.com"}},
+		{[]string{"--admin-emails", "ops@example.com"}, nil},
+		{[]string{"-admin-emails=ops@example.com"}, nil},
+	} {
+		_, err := loadConfig(tc.args, func(k string) string { return tc.env[k] }, &bytes.Buffer{})
+		if !errors.Is(err, errAdminEmails) || !strings.Contains(err.Error(), "IDENTITYD_BOOTSTRAP_ADMIN") {
+			t.Errorf("%v %v: %v, want the admin-emails refusal", tc.args, tc.env, err)
 		}
 	}
 }

@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -299,7 +300,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 		t.Errorf("connected node: writes did not recover: from 13s after the kill %.1f%% of %d answered 2xx within 3s", 100*tailRate, tailN)
 	}
 
-	st := openStore(t, allURLs, embedded.Keys{}, 3)
+	st := openStore(t, allURLs, embedded.Keys{}, 3, bytes.Repeat([]byte{7}, 32))
 	fltCheckAcked(t, st, allOps)
 	fltCheckReads(t, in.url, users, initial, allOps)
 	fltFinalWrites(t, in.url, users)

@@ -469,7 +469,7 @@ func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 		}
 	}
 
-	st := openStore(t, ns.ClientURL(), keys, 1)
+	st := openStore(t, ns.ClientURL(), keys, 1, bytes.Repeat([]byte{7}, 32))
 	fltCheckAcked(t, st, ops)
 	fltCheckReads(t, in.url, users, initial, ops)
 	fltFinalWrites(t, in.url, users)

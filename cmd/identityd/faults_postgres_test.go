@@ -32,7 +32,7 @@ import (
 func fxStart(e *env, logger *slog.Logger, mutate func(*config)) *instance {
 	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.AdminEmails, cfg.NATSCreds = e.secret, e.admins, e.creds()
+	cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.secret, e.bootstrapAdmin, e.creds()
 	if mutate != nil {
 		mutate(&cfg)
 	}

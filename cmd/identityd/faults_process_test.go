@@ -3,6 +3,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -224,7 +225,7 @@ func TestFaultKill9MidWrites(t *testing.T) {
 		t.Errorf("the load did not cover the fault: %d writes before the kill, %d acknowledged after the restart", before, afterOK)
 	}
 
-	st := openStore(t, ns.ClientURL(), keys, 1)
+	st := openStore(t, ns.ClientURL(), keys, 1, bytes.Repeat([]byte{7}, 32))
 	fltCheckAcked(t, st, ops)
 	fltCheckReads(t, base, users, initial, ops) // read-your-writes across the restart
 	fltFinalWrites(t, base, users)

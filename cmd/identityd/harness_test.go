@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,6 +21,7 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 	"github.com/nats-io/nats.go"
 
+	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -36,7 +38,11 @@ type env struct {
 	keys    embedded.Keys // the NATS users; zero for a server without authentication
 	dbURL   string
 	secret  []byte
-	admins  []string
+	// bootstrapAdmin is IDENTITYD_BOOTSTRAP_ADMIN of the instances the test starts.
+	bootstrapAdmin string
+	// forged and replayed are the stream positions of events a test forged or replayed on
+	// purpose: verify must report exactly these, as signature_invalid and hash_chain_broken.
+	forged, replayed []uint64
 }
 
 func newEnv(t *testing.T, backend dbtest.Backend) *env {
@@ -67,8 +73,19 @@ func (e *env) verify() {
 	if err != nil {
 		e.t.Fatalf("verify: %v", err)
 	}
+	var forged, replayed []uint64
 	for _, d := range rep.Differences {
-		e.t.Errorf("verify: %+v", d)
+		switch {
+		case d.Kind == "signature_invalid" && slices.Contains(e.forged, d.Sequence):
+			forged = append(forged, d.Sequence)
+		case d.Kind == "hash_chain_broken" && slices.Contains(e.replayed, d.Sequence):
+			replayed = append(replayed, d.Sequence)
+		default:
+			e.t.Errorf("verify: %+v", d)
+		}
+	}
+	if len(forged) != len(e.forged) || len(replayed) != len(e.replayed) {
+		e.t.Errorf("verify reported forged events at %v and replays at %v, want %v and %v", forged, replayed, e.forged, e.replayed)
 	}
 	if rep.Events == 0 && rep.StreamLast > 0 {
 		e.t.Errorf("verify checked nothing: read model at %d of %d", rep.Position, rep.StreamLast)
@@ -92,7 +109,7 @@ func (e *env) start() *instance {
 func (e *env) startWith(edit func(*config)) *instance {
 	e.t.Helper()
 	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.AdminEmails, cfg.NATSCreds = e.secret, e.admins, e.creds()
+	cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.secret, e.bootstrapAdmin, e.creds()
 	edit(&cfg)
 	return startInstance(e.t, cfg, nil)
 }
@@ -130,11 +147,22 @@ func startInstance(t testing.TB, cfg config, logger *slog.Logger) *instance {
 	return &instance{app: a, url: hs.URL}
 }
 
+// keyring trusts what instances with this secret key sign, as an auditor given their
+// public key does.
+func keyringFor(t testing.TB, secret []byte) *events.Keyring {
+	t.Helper()
+	signer, err := eventkeys.Signer(secret, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events.NewKeyring(0, signer.PublicKey())
+}
+
 // store opens the event store directly, as an auditor would: with the reader's credentials,
 // read-only.
 func (e *env) store() *eventstore.Store {
 	e.t.Helper()
-	return openStore(e.t, e.natsURL, e.keys, 0)
+	return openStore(e.t, e.natsURL, e.keys, 0, e.secret)
 }
 
 // identitydStore opens the event store read-only with identityd's key, which may also list and
@@ -150,7 +178,7 @@ func (e *env) identitydStore() *eventstore.Store {
 		e.t.Fatal(err)
 	}
 	e.t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, ReadOnly: true})
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, Keys: keyringFor(e.t, e.secret), ReadOnly: true})
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -175,10 +203,10 @@ func testKeys(t testing.TB) embedded.Keys {
 	return k
 }
 
-// openStore opens the event store at url as an auditor would: read-only with the reader's
-// key, or, on a server without authentication (zero keys), creating or updating the stream
-// with the given replicas as deployed.
-func openStore(t testing.TB, url string, keys embedded.Keys, replicas int) *eventstore.Store {
+// openStore opens the event store at url as an auditor would, trusting what instances with
+// secret sign: read-only with the reader's key, or, on a server without authentication (zero
+// keys), creating or updating the stream with the given replicas as deployed.
+func openStore(t testing.TB, url string, keys embedded.Keys, replicas int, secret []byte) *eventstore.Store {
 	t.Helper()
 	var opts []nats.Option
 	if keys.Dir != "" {
@@ -194,7 +222,7 @@ func openStore(t testing.TB, url string, keys embedded.Keys, replicas int) *even
 	t.Cleanup(nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, ReadOnly: keys.Dir != ""})
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, ReadOnly: keys.Dir != "", Keys: keyringFor(t, secret)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -339,6 +367,7 @@ func mustStatus(t *testing.T, r response, want int) {
 func (e *env) checkStreamContract() {
 	e.t.Helper()
 	st := e.store()
+	keys := st.Keys()
 	ctx := context.Background()
 	last, err := st.LastSequence(ctx)
 	if err != nil {
@@ -360,12 +389,13 @@ func (e *env) checkStreamContract() {
 			e.t.Fatalf("seq %d (%s) does not match its schema: %v\n%s", seq, typ, err, raw.Data)
 		}
 		for _, k := range []string{events.HeaderSpecVersion, events.HeaderID, events.HeaderSource, events.HeaderSubject,
-			events.HeaderTime, events.HeaderDataContentType, events.HeaderDataSchema, events.HeaderChainHash, events.HeaderActor} {
+			events.HeaderTime, events.HeaderDataContentType, events.HeaderDataSchema, events.HeaderChainHash, events.HeaderActor,
+			events.HeaderKeyID, events.HeaderSignature} {
 			if h.Get(k) == "" {
 				e.t.Fatalf("seq %d (%s) lacks header %s", seq, typ, k)
 			}
 		}
-		env, err := events.Decode(raw.Subject, h, raw.Data, seq)
+		env, err := keys.Decode(raw.Subject, h, raw.Data, seq)
 		if err != nil {
 			e.t.Fatal(err)
 		}
@@ -417,4 +447,18 @@ func waitFor(t testing.TB, d time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %s", d)
 		}
 	}
+}
+
+// natsTestCredentials are the connect options of a client holding publish rights on the
+// stream, as identityd does (the attacker the signature defends against).
+func natsTestCredentials(t *testing.T, e *env) []nats.Option {
+	t.Helper()
+	if e.keys.Dir == "" {
+		return nil
+	}
+	opts, err := embedded.ClientOptions(e.creds(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return opts
 }

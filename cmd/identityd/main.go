@@ -50,14 +50,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
 	}
-	srv := &http.Server{
-		Handler:           a.api,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       15 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    32 << 10,
-	}
+	srv := a.api.NewServer() // timeouts, header limit, net/http's own refusals in the envelope
 	if cfg.DebugAddr != "" {
 		dl, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.DebugAddr)
 		if err != nil {

@@ -86,7 +86,7 @@ func firstStart(t *testing.T, cfg config) {
 	}
 	defer nc.Close()
 	ctx := context.Background()
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, ReadOnly: true})
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, ReadOnly: true, Keys: keyringFor(t, cfg.SecretKey)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ import (
 // stream can be read but not written, changed or deleted; identityd's key writes.
 func TestEmbeddedAuth(t *testing.T) {
 	st, srv := eventstoretest.Start(t, embedded.Config{})
-	checkAuth(t, srv.ClientURL(), eventstoretest.Keys(t, srv), st)
+	checkAuth(t, srv.ClientURL(), eventstoretest.NATSKeys(t, srv), st)
 }
 
 // deploy/nats.conf with the include file `identityctl nats keys` writes admits the same users
@@ -102,7 +102,7 @@ func TestDeployConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc})
+	st, err := eventstore.Open(context.Background(), eventstore.Config{Conn: nc, Keys: eventstoretest.Keys, Signer: eventstoretest.Signer})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func checkAuth(t *testing.T, url string, k embedded.Keys, st *eventstore.Store) 
 	}
 
 	t.Run("reader reads the stream", func(t *testing.T) {
-		ro, err := eventstore.Open(ctx, eventstore.Config{Conn: rc, ReadOnly: true})
+		ro, err := eventstore.Open(ctx, eventstore.Config{Conn: rc, ReadOnly: true, Keys: eventstoretest.Keys})
 		if err != nil {
 			t.Fatalf("read-only open: %v", err)
 		}

@@ -95,7 +95,7 @@ func (s *Store) Replay(ctx context.Context, from, end uint64, batch int, each fu
 				var err error
 				for i, m := range j.msgs {
 					var env events.Envelope
-					if env, err = events.Decode(m.Subject(), m.Headers(), m.Data(), j.seqs[i]); err != nil {
+					if env, err = s.decode(m.Subject(), m.Headers(), m.Data(), j.seqs[i]); err != nil {
 						err = fmt.Errorf("eventstore: replay: %w", err)
 						break
 					}

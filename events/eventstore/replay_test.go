@@ -12,6 +12,8 @@ import (
 
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/events/eventstoretest"
 )
 
 // TestReplay: a replay hands out exactly the events of its range, in order, in batches of the
@@ -99,7 +101,18 @@ func TestReplay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = replay(1, ack.Sequence, 100)
+	// Unsigned, it is not identityd's: the replay hands it out as a refused stub and goes on.
+	stubbed, _, err := replay(1, ack.Sequence, 100)
+	if err != nil || uint64(len(stubbed)) != ack.Sequence || stubbed[len(stubbed)-1].Refusal == nil || stubbed[len(stubbed)-1].Data != nil ||
+		!errors.Is(stubbed[len(stubbed)-1].Refusal, events.ErrUnsigned) {
+		t.Fatalf("unsigned event at %d: %d events, %v", ack.Sequence, len(stubbed), err)
+	}
+	// Accepted as legacy (unsigned history), it cannot be decoded: the replay stops, naming it.
+	legacy, err := eventstore.Open(ctx, eventstore.Config{Conn: st.Conn(), Keys: events.NewKeyring(ack.Sequence, eventstoretest.Signer.PublicKey())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = legacy.Replay(ctx, 1, ack.Sequence, 100, func([]events.Envelope) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), strconv.FormatUint(ack.Sequence, 10)) {
 		t.Fatalf("undecodable event at %d: %v, want an error naming it", ack.Sequence, err)
 	}

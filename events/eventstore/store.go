@@ -45,6 +45,11 @@ type Config struct {
 	// NATS credentials may not change streams (identityctl, subscribers); Append then fails
 	// with ErrReadOnly.
 	ReadOnly bool
+	// Keys are the public keys whose events reads accept (required): an event they do not
+	// verify is returned as a stub with Refusal set (events.Keyring.Decode).
+	Keys *events.Keyring
+	// Signer signs appended events; without it (a reader such as identityctl) Append fails.
+	Signer events.SigningKey
 }
 
 // ErrReadOnly means an append on a store opened with Config.ReadOnly.
@@ -66,6 +71,9 @@ func (c *Config) fill() {
 func (c Config) Validate() error {
 	if c.Conn == nil {
 		return errors.New("eventstore: Conn is required")
+	}
+	if c.Keys == nil {
+		return errors.New("eventstore: Keys is required (the public keys events are verified with)")
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return errors.New("eventstore: Replicas must be from 0 (keep the stream's) to 5")
@@ -237,7 +245,7 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domai
 				}
 			}
 		}
-		m, chain, err := events.Encode(c.ID.String(), c.At, meta, prev, c.Event)
+		m, chain, err := events.Encode(s.cfg.Signer, c.ID.String(), c.At, meta, prev, c.Event)
 		if err != nil {
 			return 0, err
 		}
@@ -352,13 +360,14 @@ func (s *Store) Load(ctx context.Context, agg events.Aggregate, after uint64) ([
 }
 
 // Read returns the events matching a subject filter from stream sequence `from` on, at most
-// `limit` of them (0: all).
+// `limit` of them (0: all). An event whose signature does not verify comes as a stub with
+// Refusal set; one that cannot be decoded ends the read with an error.
 func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int) ([]events.Envelope, error) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	var out []events.Envelope
 	err := DirectRead(ctx, s.nc, s.cfg.Stream, filter, from, loadBatch, limit, func(m *nats.Msg, seq uint64) error {
-		env, err := events.Decode(m.Header.Get(jetstream.SubjectHeader), m.Header, m.Data, seq)
+		env, err := s.decode(m.Header.Get(jetstream.SubjectHeader), m.Header, m.Data, seq)
 		if err != nil {
 			return err
 		}
@@ -366,6 +375,18 @@ func (s *Store) Read(ctx context.Context, filter string, from uint64, limit int)
 		return nil
 	})
 	return out, err
+}
+
+// Keys is the keyring reads verify events with.
+func (s *Store) Keys() *events.Keyring { return s.cfg.Keys }
+
+// decode verifies and decodes one stored message; a refused event becomes its stub.
+func (s *Store) decode(subject string, h nats.Header, data []byte, seq uint64) (events.Envelope, error) {
+	env, err := s.cfg.Keys.Decode(subject, h, data, seq)
+	if err != nil && !events.IsRefused(err) {
+		return env, err
+	}
+	return env, nil
 }
 
 // DirectRead hands each message matching filter from stream sequence `from` on to each, in
@@ -575,4 +596,29 @@ func RedactURL(raw string) string {
 		}
 	}
 	return strings.Join(parts, ",")
+}
+
+// ErrUnsignedHistory is returned by CheckSignedHistory for a stream that begins with events
+// written before identityd signed its events, when the keyring accepts none of them.
+var ErrUnsignedHistory = errors.New("the event stream begins with unsigned events")
+
+// CheckSignedHistory refuses a stream whose first event is unsigned while the keyring accepts
+// no unsigned event there: such a stream was written by a version that did not sign, and
+// reading it would refuse every earlier event. Only the first event decides, so an unsigned
+// event injected later is refused as a forgery instead of blocking start-up.
+func (s *Store) CheckSignedHistory(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	return DirectRead(ctx, s.nc, s.cfg.Stream, events.SubjectRoot+".>", 1, 1, 1, func(m *nats.Msg, seq uint64) error {
+		if m.Header.Get(events.HeaderSignature) == "" && seq > s.cfg.Keys.UnsignedThrough() {
+			last, err := s.LastSequence(ctx)
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%w (from seq %d; the stream ends at %d): if they were written by identityd before it signed "+
+				"events, set IDENTITYD_EVENTS_UNSIGNED_THROUGH to the last sequence the older version wrote "+
+				"(README, Security model)", ErrUnsignedHistory, seq, last)
+		}
+		return nil
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
@@ -17,8 +18,9 @@ import (
 // maxBody bounds request bodies.
 const maxBody = 64 << 10
 
-// decodeJSON reads the body strictly into v: JSON content type, at most maxBody bytes, valid
-// UTF-8, one value, no unknown fields, right types. allowEmpty treats an empty body as {}.
+// decodeJSON reads the body strictly into v: Content-Type application/json, at most maxBody
+// bytes, valid UTF-8, one value, no unknown fields, right types. allowEmpty treats a request
+// with no body at all as {} (and, with the JSON content type, a body of only white space).
 func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
 	body, err := io.ReadAll(http.MaxBytesReader(c.Writer, c.Request.Body, maxBody))
 	if err != nil {
@@ -28,17 +30,20 @@ func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
 		}
 		return fail("invalid_json", "could not read the request body")
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	if len(body) == 0 {
 		if allowEmpty {
 			return nil
 		}
 		return fail("invalid_json", "a JSON request body is required")
 	}
-	if ct := c.GetHeader("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return fail("unsupported_media_type", "Content-Type must be application/json (with curl: -H 'Content-Type: application/json')")
+	if err := checkJSONContentType(c.Request.Header); err != nil {
+		return err
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		if allowEmpty {
+			return nil
 		}
+		return fail("invalid_json", "a JSON request body is required")
 	}
 	if !utf8.Valid(body) {
 		return fail("invalid_json", "the request body is not valid UTF-8")
@@ -53,6 +58,27 @@ func decodeJSON(c *gin.Context, v any, allowEmpty bool) error {
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return fail("invalid_json", "unexpected data after the JSON value")
+	}
+	return nil
+}
+
+// checkJSONContentType requires a body to be declared as JSON: exactly one Content-Type,
+// application/json, with no charset but UTF-8. A body without one, or with another type, is
+// refused even when it parses: text/plain, form and multipart bodies are what a browser sends
+// cross-site without a CORS preflight (a fetch with a Blob body has no type at all), so accepting
+// them would let any web page post to the API in a visitor's name.
+func checkJSONContentType(h http.Header) error {
+	const msg = "Content-Type must be application/json (with curl: -H 'Content-Type: application/json')"
+	cts := h.Values("Content-Type")
+	if len(cts) != 1 {
+		return fail("unsupported_media_type", msg)
+	}
+	mt, params, err := mime.ParseMediaType(cts[0])
+	if err != nil || mt != "application/json" {
+		return fail("unsupported_media_type", msg)
+	}
+	if cs, ok := params["charset"]; ok && !strings.EqualFold(cs, "utf-8") {
+		return fail("unsupported_media_type", "JSON bodies must be UTF-8: send Content-Type: application/json or application/json; charset=utf-8")
 	}
 	return nil
 }
@@ -124,9 +150,11 @@ func idempotencyKey(c *gin.Context) (string, error) {
 	return k, nil
 }
 
-// rejectDuplicateKeys refuses an object that has the same key twice (compared without case, as
-// encoding/json matches fields): a proxy or log pipeline that took the other copy would disagree
-// with identityd about what the request said. Malformed JSON is left to the decoder to report.
+// rejectDuplicateKeys refuses an object that has the same key twice, compared as encoding/json
+// matches keys to struct fields (foldKey): a proxy or log pipeline that took the other copy would
+// disagree with identityd about what the request said, and a key that only encoding/json's
+// folding maps onto a field ("paſſword" for "password") must not slip past as a different one.
+// Malformed JSON is left to the decoder to report.
 func rejectDuplicateKeys(body []byte) error {
 	type frame struct {
 		keys      map[string]bool // nil for an array
@@ -146,7 +174,7 @@ func rejectDuplicateKeys(body []byte) error {
 		}
 		if n := len(stack); n > 0 && stack[n-1].keys != nil && stack[n-1].expectKey {
 			if key, ok := tok.(string); ok {
-				folded := strings.ToLower(key)
+				folded := foldKey(key)
 				if stack[n-1].keys[folded] {
 					return fail("invalid_request", fmt.Sprintf("field %q appears more than once", key))
 				}
@@ -168,5 +196,39 @@ func rejectDuplicateKeys(body []byte) error {
 		default:
 			valueDone()
 		}
+	}
+}
+
+// foldKey is the form in which encoding/json compares an object key with a field name:
+// foldKey(x) == foldKey(y) exactly when bytes.EqualFold(x, y), which is how encoding/json
+// (foldName in its fold.go) matches a key to a field without regard to case. ASCII letters fold
+// to upper case; every other rune folds to the smallest rune of its Unicode simple-folding orbit,
+// so 'ſ' (U+017F) folds with 's' and 'K' (U+212A, Kelvin) with 'k', where strings.ToLower
+// would keep them apart. Keys reach it unquoted and valid UTF-8 (decodeJSON checks the body).
+func foldKey(key string) string {
+	var b strings.Builder
+	b.Grow(len(key))
+	for _, r := range key {
+		switch {
+		case r < utf8.RuneSelf:
+			if 'a' <= r && r <= 'z' {
+				r -= 'a' - 'A'
+			}
+		default:
+			r = minFold(r)
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// minFold is the smallest rune of r's simple-folding orbit (encoding/json's foldRune).
+func minFold(r rune) rune {
+	for {
+		r2 := unicode.SimpleFold(r)
+		if r2 <= r {
+			return r2
+		}
+		r = r2
 	}
 }

@@ -44,7 +44,7 @@ var codes = map[string]errorCode{
 	"invalid_idempotency_key": {400, typeInvalidRequest, "Invalid Idempotency-Key", "An Idempotency-Key must be 1 to 255 printable ASCII characters."},
 	"session_token_required":  {400, typeInvalidRequest, "Session token required", "Logging out ends a session; call it with the session token, not an API token."},
 	"request_too_large":       {413, typeInvalidRequest, "Request too large", "Request bodies are limited to 64 KiB."},
-	"unsupported_media_type":  {415, typeInvalidRequest, "Unsupported media type", "Send request bodies as Content-Type: application/json."},
+	"unsupported_media_type":  {415, typeInvalidRequest, "Unsupported media type", "Send request bodies with Content-Type: application/json (a charset, if given, must be utf-8). A body without a Content-Type is refused too."},
 	"method_not_allowed":      {405, typeInvalidRequest, "Method not allowed", "The path exists but not with this method; see the OpenAPI document."},
 	"missing_api_token":       {401, typeAuthentication, "Missing token", "Send a session token or an API token as Authorization: Bearer <token>."},
 	"invalid_api_token":       {401, typeAuthentication, "Invalid token", "The token is malformed, unknown, revoked or expired, or its user was deleted. Log in again or create a new API token."},
@@ -53,13 +53,21 @@ var codes = map[string]errorCode{
 	"invalid_filter":          {400, typeInvalidRequest, "Invalid filter", "A query parameter is malformed: limit must be 1 to 200, since/until RFC 3339 date-times, user_id a UUID."},
 	"scope_not_granted":       {403, typePermission, "Scope not granted", "This endpoint needs a scope the caller does not have (admin endpoints need an administrator)."},
 	"token_not_found":         {404, typeNotFound, "API token not found", "You have no API token with this id."},
+	"user_not_found":          {404, typeNotFound, "User not found", "No user has this id, or the user was deleted."},
+	"admin_self_revocation":   {409, typeConflict, "Own administrator rights", "Administrators cannot revoke their own administrator rights; another administrator can."},
 	"not_found":               {404, typeNotFound, "Not found", "No such resource or path."},
 	"email_taken":             {409, typeConflict, "Email taken", "An account with this email already exists. Log in instead."},
 	"concurrent_modification": {409, typeConflict, "Concurrent modification", "The resource kept changing while this request was applied. Retry it."},
-	"idempotency_key_reused":  {409, typeConflict, "Idempotency key reused", "This Idempotency-Key was already used for a different request. Use a new key."},
+	"idempotency_key_reused":  {409, typeConflict, "Idempotency key reused", "This Idempotency-Key was already used for a different request, or the session or API token its first request created has since expired, been logged out or been revoked (a retry never hands out a dead credential). Use a new key."},
 	"rate_limit_reached":      {429, typeRateLimit, "Rate limit reached", "Too many requests. Wait and retry with backoff."},
 	"service_unavailable":     {503, typeAPI, "Service unavailable", "A backing service (event stream or database) is unavailable. Retry with backoff; writes that failed were not recorded."},
 	"internal_error":          {500, typeAPI, "Internal error", "Something went wrong on our side. Quote the request id when reporting it."},
+
+	// The request's HTTP framing; mostly answers to what net/http refuses before any handler runs (httpserver.go).
+	"malformed_request":             {400, typeInvalidRequest, "Malformed request", "The request line or a header is not valid HTTP/1.1: a control character or line break in a header value, an invalid header name, a missing or malformed Host. Fix the client; nothing was done."},
+	"request_headers_too_large":     {431, typeInvalidRequest, "Request headers too large", "The request line and headers together are limited to 32 KiB. Send fewer or shorter headers (cookies of other applications on the same host often are the cause)."},
+	"unsupported_transfer_encoding": {501, typeInvalidRequest, "Unsupported transfer encoding", "Only chunked transfer coding is supported; or send the body with a Content-Length."},
+	"http_version_not_supported":    {505, typeInvalidRequest, "HTTP version not supported", "Use HTTP/1.1 (or HTTP/1.0)."},
 }
 
 // apiError is an error with its place in the catalog and a message for this occurrence.
@@ -105,6 +113,8 @@ func classify(err error) (*apiError, bool) {
 		return fail("concurrent_modification", "the resource kept changing while this request was applied; retry it"), false
 	case errors.Is(err, domain.ErrInvalidCredentials):
 		return fail("invalid_credentials", "wrong email or password"), false
+	case errors.Is(err, domain.ErrIdempotencyKeySpent):
+		return fail("idempotency_key_reused", "this Idempotency-Key's first request created a session or API token that has since expired, been logged out or been revoked; send the request again with a new key"), false
 	case errors.Is(err, domain.ErrIdempotencyKeyReused):
 		return fail("idempotency_key_reused", "this Idempotency-Key was used for a different request"), false
 	case errors.Is(err, projections.ErrNotFound):

@@ -3,10 +3,14 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"mime"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/gin-gonic/gin"
@@ -64,6 +68,10 @@ func FuzzDecodeJSON(f *testing.F) {
 		{`{"name":"Ada King"}`, "application/json; charset=utf-8"},
 		{`{"description":"laptop","expires_at":"2030-01-01T00:00:00Z"}`, "application/vnd.api+json"},
 		{`{"expires_at":null}`, ""},
+		{`{"name":"a"}`, "text/plain;charset=UTF-8"},
+		{`{"name":"a"}`, "application/json; charset=latin1"},
+		{`{"name":"a"}`, "Application/JSON; Charset=\"UTF-8\""},
+		{``, ""},
 		{``, "application/json"},
 		{`   `, "application/json"},
 		{`{}`, "text/plain"},
@@ -103,14 +111,24 @@ func FuzzDecodeJSON(f *testing.F) {
 		if len(body) > maxBody {
 			t.Fatalf("accepted a body of %d bytes", len(body))
 		}
-		if len(bytes.TrimSpace(body)) == 0 {
+		if len(body) == 0 {
 			if !tg.allowEmpty {
 				t.Fatalf("%s: accepted an empty body", tg.name)
 			}
 			return
 		}
+		if mt, params, err := mime.ParseMediaType(contentType); err != nil || mt != "application/json" ||
+			(params["charset"] != "" && !strings.EqualFold(params["charset"], "utf-8")) {
+			t.Fatalf("%s: accepted a body with Content-Type %q", tg.name, contentType)
+		}
 		if !utf8.Valid(body) {
 			t.Fatalf("accepted invalid UTF-8 %q", body)
+		}
+		if len(bytes.TrimSpace(body)) == 0 {
+			if !tg.allowEmpty {
+				t.Fatalf("%s: accepted a blank body", tg.name)
+			}
+			return
 		}
 		if !json.Valid(body) {
 			t.Fatalf("accepted invalid JSON %q", body)
@@ -261,5 +279,157 @@ func TestRejectDuplicateKeys(t *testing.T) {
 		if err := rejectDuplicateKeys([]byte(body)); (err != nil) != dup {
 			t.Errorf("%s: error %v, want duplicate=%v", body, err, dup)
 		}
+	}
+}
+
+// FuzzDuplicateKeyGuard compares the duplicate-key guard with encoding/json itself: for any two
+// keys, the guard refuses {k1:…,k2:…} exactly when encoding/json would put both values into the
+// same struct field. The field is made at run time (reflect.StructOf) with k1 as its JSON name,
+// and {k2:…} is decoded into it; where k1 cannot be a field name (encoding/json's tag rules), the
+// guard is compared with bytes.EqualFold, which encoding/json documents as its matching rule.
+func FuzzDuplicateKeyGuard(f *testing.F) {
+	for _, p := range [][2]string{
+		{"password", "paſſword"}, // U+017F LATIN SMALL LETTER LONG S
+		{"password", "PASSWORD"},
+		{"s", "ſ"},
+		{"k", "\u212a"}, // KELVIN SIGN
+		{"K", "\u212a"},
+		{"name", "NAME"},
+		{"name", "nаme"}, // Cyrillic а: a different key
+		{"ß", "ẞ"},
+		{"σ", "ς"},
+		{"Σ", "ς"},
+		{"µ", "μ"},
+		{"ǅ", "ǆ"},
+		{"i", "ı"}, // dotless i does not fold with i
+		{"i", "İ"},
+		{"a", "a"},
+		{"", ""},
+		{"a,b", "A,B"},
+		{"-", "-"},
+		{"\ufffd", "\xff"},
+		{"email", "e\u200bmail"},
+	} {
+		f.Add(p[0], p[1])
+	}
+	f.Fuzz(func(t *testing.T, k1, k2 string) {
+		if !utf8.ValidString(k1) || !utf8.ValidString(k2) {
+			return // decodeJSON refuses invalid UTF-8 before the guard runs
+		}
+		q1, _ := json.Marshal(k1)
+		q2, _ := json.Marshal(k2)
+		body := []byte(`{` + string(q1) + `:1,` + string(q2) + `:2}`)
+		guard := rejectDuplicateKeys(body) != nil
+		if want := bytes.EqualFold([]byte(k1), []byte(k2)); guard != want {
+			t.Fatalf("keys %q and %q: guard says duplicate=%v, bytes.EqualFold says %v", k1, k2, guard, want)
+		}
+		if landed, ok := sameField(k1, k2); ok && guard != landed {
+			t.Fatalf("keys %q and %q: guard says duplicate=%v, encoding/json puts %q into field %q: %v", k1, k2, guard, k2, k1, landed)
+		}
+		if guard {
+			err := decodeJSON(testContext(body, "application/json"), new(map[string]any), false)
+			if ae := checkAPIError(t, err); ae.code != "invalid_request" {
+				t.Fatalf("keys %q and %q: code %q, want invalid_request", k1, k2, ae.code)
+			}
+		}
+	})
+}
+
+// sameField reports whether encoding/json decodes the key k2 into a struct field whose JSON
+// name is k1; ok is false when k1 cannot be a JSON field name.
+func sameField(k1, k2 string) (landed, ok bool) {
+	if !validJSONName(k1) {
+		return false, false
+	}
+	typ := reflect.StructOf([]reflect.StructField{{
+		Name: "F", Type: reflect.TypeFor[*int](), Tag: reflect.StructTag(`json:` + strconv.Quote(k1)),
+	}})
+	v := reflect.New(typ)
+	q2, _ := json.Marshal(k2)
+	if err := json.Unmarshal([]byte(`{`+string(q2)+`:7}`), v.Interface()); err != nil {
+		panic(err)
+	}
+	return !v.Elem().Field(0).IsNil(), true
+}
+
+// validJSONName is encoding/json's rule for a tag name (isValidTag in encode.go); "-" means
+// "skip the field" and so names none.
+func validJSONName(s string) bool {
+	if s == "" || s == "-" {
+		return false
+	}
+	for _, c := range s {
+		if !strings.ContainsRune("!#$%&()*+-./:;<=>?@[]^_{|}~ ", c) && !unicode.IsLetter(c) && !unicode.IsDigit(c) {
+			return false
+		}
+	}
+	return true
+}
+
+// TestDuplicateKeysFoldLikeEncodingJSON: keys encoding/json would put into one field are
+// refused, the documented error, over HTTP-level decoding of the real log-in request.
+func TestDuplicateKeysFoldLikeEncodingJSON(t *testing.T) {
+	for _, body := range []string{
+		`{"email":"a@b.c","password":"x","paſſword":"y"}`,
+		`{"email":"a@b.c","password":"x","PASSWORD":"y"}`,
+		"{\"email\":\"a@b.c\",\"password\":\"x\",\"pa\\u017f\\u017fword\":\"y\"}",
+		`{"email":"a@b.c","password":"x","pASſword":"y"}`,
+	} {
+		err := decodeJSON(testContext([]byte(body), "application/json"), new(logInRequest), false)
+		if err == nil {
+			t.Errorf("%s: accepted", body)
+			continue
+		}
+		if ae := checkAPIError(t, err); ae.code != "invalid_request" || !strings.Contains(ae.message, "more than once") {
+			t.Errorf("%s: %s %s, want invalid_request for a repeated field", body, ae.code, ae.message)
+		}
+	}
+	if err := rejectDuplicateKeys([]byte(`{"k":1,"K":2}`)); err == nil { // U+212A KELVIN SIGN
+		t.Error(`{"k":1,"K":2} passed the guard, but encoding/json matches K to k`)
+	}
+	// And a key that is not a fold of another stays allowed (Cyrillic а in "nаme" is unknown).
+	if err := rejectDuplicateKeys([]byte(`{"name":"a","nаme":"b"}`)); err != nil {
+		t.Errorf("look-alike but distinct keys refused as duplicates: %v", err)
+	}
+}
+
+// TestJSONBodiesNeedTheJSONContentType: a body is only read as JSON when it says it is JSON. The
+// types a browser sends cross-site without a CORS preflight (none, text/plain, forms) answer 415;
+// a create with truly no body still works without one.
+func TestJSONBodiesNeedTheJSONContentType(t *testing.T) {
+	const body = `{"name":"a"}`
+	for _, ct := range []string{"", "text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded",
+		"multipart/form-data; boundary=x", "application/octet-stream", "application/jsonx", "application/vnd.api+json",
+		"application/json; charset=iso-8859-1", "application/json; charset", "json"} {
+		err := decodeJSON(testContext([]byte(body), ct), new(updateUserRequest), false)
+		if err == nil {
+			t.Errorf("Content-Type %q: accepted", ct)
+			continue
+		}
+		if ae := checkAPIError(t, err); ae.code != "unsupported_media_type" || codes[ae.code].Status != http.StatusUnsupportedMediaType {
+			t.Errorf("Content-Type %q: %s, want 415 unsupported_media_type", ct, ae.code)
+		}
+	}
+	for _, ct := range []string{"application/json", "application/json; charset=utf-8", "Application/JSON; Charset=\"UTF-8\""} {
+		if err := decodeJSON(testContext([]byte(body), ct), new(updateUserRequest), false); err != nil {
+			t.Errorf("Content-Type %q: refused: %v", ct, err)
+		}
+	}
+	// Two Content-Type headers: which one a proxy honours is anyone's guess.
+	c := testContext([]byte(body), "")
+	c.Request.Header["Content-Type"] = []string{"application/json", "text/plain"}
+	if err := decodeJSON(c, new(updateUserRequest), false); err == nil {
+		t.Error("two Content-Type headers: accepted")
+	}
+	// A create that may have no body: none at all is fine without a type; white space is a body.
+	if err := decodeJSON(testContext(nil, ""), new(createTokenRequest), true); err != nil {
+		t.Errorf("no body, no Content-Type, body optional: %v", err)
+	}
+	if err := decodeJSON(testContext([]byte(" \n"), ""), new(createTokenRequest), true); err == nil {
+		t.Error("a blank body without Content-Type was accepted")
+	}
+	// A required body that is missing is a missing body, whatever the type.
+	if err := decodeJSON(testContext(nil, ""), new(logInRequest), false); err == nil || err.(*apiError).code != "invalid_json" { //nolint:errorlint // our own type
+		t.Errorf("missing required body: %v, want invalid_json", err)
 	}
 }

@@ -58,13 +58,12 @@ type Config struct {
 	// Fence, when credentials are cached in memory, is the cache's commit wait; nil when not.
 	Fence Fence
 	Usage Usage
+	// EventKeys are published at /api/v0/event-keys (required).
+	EventKeys EventKeys
 	// Ready reports whether the backing services answer (for /readyz).
 	Ready func(ctx context.Context) error
 	// PublicURL is the externally visible base URL, used in doc_url (e.g. http://127.0.0.1:8080).
 	PublicURL string
-	// AdminEmails are the users (by email) who may use the admin endpoints. Set at bootstrap;
-	// organizations and roles come later.
-	AdminEmails []string
 	// TrustedProxies are the proxies whose X-Forwarded-For names the client address recorded in
 	// events; none by default, so the address is the connection's peer.
 	TrustedProxies []string
@@ -94,6 +93,9 @@ func (c Config) Validate() error {
 	if c.Service == nil || c.ReadModel == nil || c.Barrier == nil || c.Usage == nil {
 		return errors.New("httpapi: Service, ReadModel, Barrier and Usage are required")
 	}
+	if c.EventKeys.Trusted == nil {
+		return errors.New("httpapi: EventKeys are required")
+	}
 	return nil
 }
 
@@ -118,7 +120,7 @@ func New(cfg Config) (*API, error) {
 		return nil, fmt.Errorf("httpapi: trusted proxies: %w", err)
 	}
 	a := &API{cfg: cfg, engine: e}
-	e.Use(a.withRequestID, a.accessLog, a.recover)
+	e.Use(a.withRequestID, a.accessLog, a.recover, a.limitHeaders)
 	e.NoRoute(func(c *gin.Context) { a.abort(c, fail("not_found", "no such path: "+c.Request.URL.Path)) })
 	e.NoMethod(func(c *gin.Context) {
 		a.abort(c, fail("method_not_allowed", c.Request.Method+" is not allowed on "+c.Request.URL.Path))
@@ -132,6 +134,7 @@ func New(cfg Config) (*API, error) {
 	v0 := e.Group("/api/v0")
 	v0.POST("/users", a.signUp)
 	v0.POST("/sessions", a.logIn)
+	v0.GET("/event-keys", a.eventKeys)
 	authed := v0.Group("", a.authenticate)
 	authed.DELETE("/sessions/current", a.logOut)
 	authed.GET("/user", a.getUser)
@@ -141,7 +144,11 @@ func New(cfg Config) (*API, error) {
 	authed.POST("/user/api-tokens", a.createToken)
 	authed.DELETE("/user/api-tokens/:id", a.revokeToken)
 	authed.GET("/user/events", a.userEvents)
-	authed.GET("/admin/events", a.requireAdmin, a.adminEvents)
+	admin := authed.Group("/admin", a.requireAdmin)
+	admin.GET("/events", a.adminEvents)
+	admin.GET("/users/:user_id", a.getAdminUser)
+	admin.PUT("/users/:user_id/admin", a.grantAdmin)
+	admin.DELETE("/users/:user_id/admin", a.revokeAdmin)
 	return a, nil
 }
 

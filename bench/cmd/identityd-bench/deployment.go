@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -216,6 +217,10 @@ func (b *bench) startIdentityd(ctx context.Context) error {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
 	b.secretKey = hex.EncodeToString(key)
+	var err error
+	if b.signer, err = events.DeriveSigningKey(key); err != nil {
+		return err
+	}
 	port, err := freePort()
 	if err != nil {
 		return err

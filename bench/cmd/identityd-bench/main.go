@@ -20,6 +20,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/events"
 )
 
 type options struct {
@@ -56,6 +58,7 @@ type bench struct {
 	crud                    *proc
 	idURL                   string
 	secretKey               string
+	signer                  events.SigningKey // derived from secretKey, as identityd derives it
 
 	seeded     []seededUser // created through the API
 	bulkSample []string     // plaintext API tokens of bulk-seeded rows (a sample)

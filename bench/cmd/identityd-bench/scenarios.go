@@ -372,7 +372,7 @@ func (b *bench) jsAppendRate(ctx context.Context, workers int) (rate, p99 float6
 			chain, name := "", "A"
 			for i := 0; !stop.Load(); i++ {
 				next := "Name " + strconv.Itoa(i)
-				m, c, err := events.Encode(uuid.NewString(), time.Now().UTC(), meta, chain, events.Renamed(user, name, next))
+				m, c, err := events.Encode(b.signer, uuid.NewString(), time.Now().UTC(), meta, chain, events.Renamed(user, name, next))
 				if err != nil {
 					errs[w] = err
 					return
@@ -509,7 +509,7 @@ func (b *bench) scenarioLag(ctx context.Context) error {
 			if i+k >= total {
 				break
 			}
-			m, c, err := events.Encode(newID().String(), at, meta, chain, e)
+			m, c, err := events.Encode(b.signer, newID().String(), at, meta, chain, e)
 			if err != nil {
 				return err
 			}
@@ -743,7 +743,7 @@ func (b *bench) scenarioRebuild(ctx context.Context) error {
 	logf("  identityctl projections rebuild over %d events", last)
 	t1 := time.Now()
 	out, err := b.runCmd(ctx, "identityctl-rebuild", b.binPath("identityctl"), []string{"projections", "rebuild"},
-		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_NATS_REPLICAS="+strconv.Itoa(b.opt.natsNodes), "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data")))
+		identityEnv("IDENTITYD_NATS_URL="+b.natsURL, "IDENTITYD_NATS_REPLICAS="+strconv.Itoa(b.opt.natsNodes), "IDENTITYD_DATABASE_URL="+b.dsn, "IDENTITYD_DATA_DIR="+filepath.Join(b.tmp, "identityctl-data"), "IDENTITYD_EVENT_PUBLIC_KEYS="+b.signer.PublicKey().String(), "IDENTITYD_SECRET_KEY="+b.secretKey))
 	wall := time.Since(t1)
 	if err != nil {
 		return err

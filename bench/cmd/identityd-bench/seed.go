@@ -274,7 +274,7 @@ func (b *bench) seedEvents(ctx context.Context, n int) error {
 			if i == n {
 				break
 			}
-			m, c, err := events.Encode(newID().String(), at, meta, chain, e)
+			m, c, err := events.Encode(b.signer, newID().String(), at, meta, chain, e)
 			if err != nil {
 				return err
 			}

@@ -1,0 +1,131 @@
+package projections
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/identityd/identityd/events"
+)
+
+// Administrator rights narrow or widen what a credential may do, so their events must drop the
+// user's cached credentials (like a revocation), never keep them (addsCredential) or keep them
+// with only the profile marked stale (profileOnly): the next lookup reads the admin flag anew.
+func TestCredentialCacheDropsEntriesOnAdminEvents(t *testing.T) {
+	for _, typ := range []events.Type{events.TypeAdminGranted, events.TypeAdminRevoked} {
+		if addsCredential[subjectToken(typ)] || profileOnly[subjectToken(typ)] {
+			t.Errorf("%s must drop cached credentials, not keep them", typ)
+		}
+	}
+	for _, b := range testBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			w := newCacheWorld(t, b, time.Minute)
+			lookup := func(want bool) {
+				t.Helper()
+				c, err := w.lookup(t)
+				if err != nil || c.User.Admin != want {
+					t.Fatalf("lookup = %+v, %v; want admin %v", c.User, err, want)
+				}
+			}
+			lookup(false)
+			w.head.Store(w.proj.deliver(events.AdminGranted{Versioned: events.V(), UserID: w.user}))
+			lookup(true)
+			lookup(true) // cached again
+			misses := w.cache.Stats().Misses
+			w.head.Store(w.proj.deliver(events.AdminRevoked{Versioned: events.V(), UserID: w.user}))
+			lookup(false)
+			if s := w.cache.Stats(); s.Misses != misses+1 {
+				t.Fatalf("stats %+v: the revocation must send the next lookup to the database", s)
+			}
+		})
+	}
+}
+
+// A users table created before the admin column existed gets it, false in every row (what a
+// rebuild of a stream without administrator events stores), and then takes admin events.
+func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
+	for _, b := range testBackends {
+		t.Run(b.name, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			db := openTestDB(t, b.url(t))
+			g := Tables{Suffix: "old"}
+			typ := "TIMESTAMPTZ"
+			if !isPG(db) {
+				typ = "TIMESTAMP"
+			}
+			// The table as builds before administrator events created it.
+			if _, err := db.ExecContext(ctx, "CREATE TABLE "+g.Users()+" (id UUID PRIMARY KEY, email VARCHAR NOT NULL, name VARCHAR NOT NULL, "+
+				"personal_org_slug VARCHAR NOT NULL, created_at "+typ+" NOT NULL, updated_at "+typ+" NOT NULL, version BIGINT NOT NULL)"); err != nil {
+				t.Fatal(err)
+			}
+			old := userRow(aliceID, "Alice", 1)
+			if _, err := db.NewInsert().Model(&old).ModelTableExpr(g.Users()).ExcludeColumn("admin").Exec(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for range 2 { // idempotent, like every start
+				if err := CreateSchema(ctx, db, g); err != nil {
+					t.Fatalf("CreateSchema on the old table: %v", err)
+				}
+			}
+			checkRows(t, g.Users(), readUsers(t, db, g), []UserRow{old}, sameUser, fmtUser)
+			// Alice's registration was applied at 1 already (the checkpoint says so).
+			if _, err := db.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 1").Where("name = ?", g.Checkpoint()).Exec(ctx); err != nil {
+				t.Fatal(err)
+			}
+			batch := envelopes(1, registered(aliceID, "Alice"), events.AdminGranted{Versioned: events.V(), UserID: aliceID})
+			if _, err := applyBatch(ctx, db, g, batch); err != nil {
+				t.Fatal(err)
+			}
+			want := old
+			want.Admin, want.UpdatedAt, want.Version = true, evTime(2), 2
+			checkRows(t, g.Users(), readUsers(t, db, g), []UserRow{want}, sameUser, fmtUser)
+		})
+	}
+}
+
+// verify compares the admin flag of every user with the stream's: a read model that says a
+// user is an administrator when the stream does not (or the reverse) is a difference.
+func TestVerifyReportsATamperedAdminFlag(t *testing.T) {
+	ctx := context.Background()
+	evs := envelopes(1, registered(aliceID, "Alice"), registered(bobID, "Bob"), events.AdminGranted{Versioned: events.V(), UserID: aliceID})
+	db, _ := newSchemaDB(t, testBackends[1], CurrentTables)
+	if _, err := applyBatch(ctx, db, CurrentTables, evs); err != nil {
+		t.Fatal(err)
+	}
+	verify := func() []Difference {
+		t.Helper()
+		rep, err := Verify(ctx, VerifyConfig{
+			DB: db,
+			Read: func(_ context.Context, from uint64, limit int) ([]events.Envelope, error) {
+				if from > uint64(len(evs)) {
+					return nil, nil
+				}
+				return evs[from-1 : min(len(evs), int(from-1)+limit)], nil
+			},
+			Last: func(context.Context) (uint64, error) { return uint64(len(evs)), nil },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep.Differences
+	}
+	if d := verify(); len(d) != 0 {
+		t.Fatalf("differences before tampering: %+v", d)
+	}
+	// Bob made an administrator in the database only; Alice's rights taken away there only.
+	if _, err := db.ExecContext(ctx, "UPDATE "+CurrentTables.Users()+" SET admin = NOT admin"); err != nil {
+		t.Fatal(err)
+	}
+	d := verify()
+	if len(d) != 2 {
+		t.Fatalf("differences: %+v, want one per user", d)
+	}
+	for _, diff := range d {
+		if diff.Kind != "user_field" || !strings.HasPrefix(diff.Detail, "admin:") {
+			t.Errorf("difference %+v, want the admin field", diff)
+		}
+	}
+}
