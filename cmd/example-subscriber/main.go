@@ -81,12 +81,11 @@ var settings = []setting{
 	// identityd's NATS admits only nkey users; subscribers use the read-only reader's seed,
 	// which an identityd on defaults writes to <data dir>/credentials/reader.nk (0600).
 	{"IDENTITYD_NATS_CREDS", "nats-creds", "", "NATS credentials (nkey seed or .creds file), read-only ones; unset: <data-dir>/credentials/reader.nk if it exists"},
-	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "identityd's data dir on this host, where the reader credentials are found"},
 	{"EXAMPLE_SUBSCRIBER_DURABLE", "durable", "example-provisioner", "durable consumer name (one per independent copy of the state)"},
 	{"EXAMPLE_SUBSCRIBER_STATE", "state", "./example-state.json", "state file: subscribed accounts and the last applied stream sequence"},
 	{"IDENTITYD_LOG_LEVEL", "log-level", "info", "log level: debug, info, warn, error"},
 	{"IDENTITYD_EVENT_PUBLIC_KEYS", "event-keys", "", "identityd's event public keys (ed25519:..., comma-separated; GET /api/v0/event-keys lists them); unset: read from the data dir"},
-	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "identityd's data dir, whose event-keys.pub is read when --event-keys is unset"},
+	{"IDENTITYD_DATA_DIR", "data-dir", "./data", "identityd's data dir on this host, whose event-keys.pub is read when --event-keys is unset and credentials/reader.nk when --nats-creds is"},
 	{"IDENTITYD_EVENTS_UNSIGNED_THROUGH", "events-unsigned-through", "0", "accept unsigned events (written before identityd signed events) up to this stream sequence"},
 }
 

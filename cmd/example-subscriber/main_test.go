@@ -411,7 +411,8 @@ func TestForgedEventIsRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ack, err := h.js.PublishMsg(context.Background(), forged)
+	// The forger holds publish rights (identityd's NATS key); the subscriber reads with the reader's.
+	ack, err := h.store.JetStream().PublishMsg(context.Background(), forged)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -521,7 +522,7 @@ func TestLoadConfig(t *testing.T) {
 // The credentials: the reader's seed in identityd's data dir when it exists, else the named file.
 func TestLoadConfigCredentials(t *testing.T) {
 	data := t.TempDir()
-	env := map[string]string{"IDENTITYD_DATA_DIR": data}
+	env := map[string]string{"IDENTITYD_DATA_DIR": data, "IDENTITYD_EVENT_PUBLIC_KEYS": eventstoretest.Signer.PublicKey().String()}
 	getenv := func(k string) string { return env[k] }
 	c, err := loadConfig(nil, getenv, io.Discard)
 	if err != nil {

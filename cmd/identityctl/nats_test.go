@@ -14,6 +14,7 @@ import (
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -25,9 +26,10 @@ func TestNATSCredentials(t *testing.T) {
 	w := startWorld(t, dbtest.PostgresURL(t), embedded.KeyDir(dir))
 	w.seed()
 	last := w.sync()
+	eventKeys := eventstoretest.Signer.PublicKey().String()
 
 	t.Run("the reader's key from the data dir", func(t *testing.T) {
-		env := map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_DATA_DIR": dir}
+		env := map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_DATA_DIR": dir, "IDENTITYD_EVENT_PUBLIC_KEYS": eventKeys}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if n := len(runCtl(ctx, t, env, "events", "export").expect(t, 0).lines); uint64(n) != last {
@@ -45,7 +47,7 @@ func TestNATSCredentials(t *testing.T) {
 	})
 
 	t.Run("without a key identityctl is refused", func(t *testing.T) {
-		env := map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_DATA_DIR": t.TempDir()}
+		env := map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_DATA_DIR": t.TempDir(), "IDENTITYD_EVENT_PUBLIC_KEYS": eventKeys}
 		ctx := context.Background()
 		r := runCtl(ctx, t, env, "events", "export").expect(t, exitError)
 		if !strings.Contains(r.stderr, "uthorization") {
@@ -64,7 +66,7 @@ func TestNATSCredentials(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { srv.Shutdown(); srv.WaitForShutdown() }()
-		env := map[string]string{"IDENTITYD_NATS_URL": srv.ClientURL(), "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL}
+		env := map[string]string{"IDENTITYD_NATS_URL": srv.ClientURL(), "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_EVENT_PUBLIC_KEYS": eventKeys}
 		ctx := context.Background()
 		r := runCtl(ctx, t, env, "events", "export").expect(t, exitError)
 		if !strings.Contains(r.stderr, "not found") {

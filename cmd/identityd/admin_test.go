@@ -200,7 +200,7 @@ func TestAdminBootstrapOnceWithConcurrentStarts(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			cfg := testConfig(t, e.natsURL, e.dbURL)
-			cfg.SecretKey, cfg.BootstrapAdmin = e.secret, "ops@example.com"
+			cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.secret, "ops@example.com", e.creds()
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
 			a, err := newApp(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
