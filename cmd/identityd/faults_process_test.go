@@ -225,7 +225,7 @@ func TestFaultKill9MidWrites(t *testing.T) {
 		t.Errorf("the load did not cover the fault: %d writes before the kill, %d acknowledged after the restart", before, afterOK)
 	}
 
-	st := openStore(t, ns.ClientURL(), keys, 1, bytes.Repeat([]byte{7}, 32))
+	st := openStore(t, ns.ClientURL(), keys, 1, bytes.Repeat([]byte{0x5a}, 32)) // the processes' IDENTITYD_SECRET_KEY
 	fltCheckAcked(t, st, ops)
 	fltCheckReads(t, base, users, initial, ops) // read-your-writes across the restart
 	fltFinalWrites(t, base, users)
