@@ -100,7 +100,7 @@ var ErrUndecodable = errors.New("undecodable event")
 // previous event ("" for its first), and signed with key. It returns the message and the
 // event's chain hash.
 func Encode(key SigningKey, id string, at time.Time, meta Metadata, prevChain string, e Event) (*nats.Msg, string, error) {
-	if !key.valid() {
+	if !key.Valid() {
 		return nil, "", errors.New("encode: no signing key")
 	}
 	version := CurrentVersion(e.EventType())

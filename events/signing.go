@@ -179,7 +179,8 @@ func NewSigningKey(seed []byte) (SigningKey, error) {
 // PublicKey is the key readers verify with.
 func (k SigningKey) PublicKey() PublicKey { return k.pub }
 
-func (k SigningKey) valid() bool { return len(k.priv) == ed25519.PrivateKeySize }
+// Valid reports whether the key can sign (the zero value cannot).
+func (k SigningKey) Valid() bool { return len(k.priv) == ed25519.PrivateKeySize }
 
 // sign returns the ce-keyid, ce-signature and ce-mac ("" without a MAC key) attributes of an
 // event.

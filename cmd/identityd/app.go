@@ -19,7 +19,6 @@ import (
 
 	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
-	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
@@ -38,7 +37,6 @@ type app struct {
 	presence  *eventstore.Presence         // registers this instance for cache leases; nil with the cache off
 	lease     time.Duration                // the cache's lease
 	nc        *nats.Conn
-	keys      *events.Keyring // the event public keys this instance trusts
 	ns        *server.Server  // nil with an external NATS
 	logger    *slog.Logger
 	runDone   chan error
@@ -118,12 +116,8 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err := eventkeys.WriteFile(cfg.DataDir, signer, keys); err != nil {
 		return nil, err
 	}
-	a.keys = keys
 	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas, Keys: keys, Signer: signer})
 	if err != nil {
-		return nil, err
-	}
-	if err := store.CheckSignedHistory(ctx); err != nil {
 		return nil, err
 	}
 	logger.Info("events are signed", "key_id", signer.PublicKey().KeyID(), "public_key", signer.PublicKey().String())
@@ -136,7 +130,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Keys: keys, Logger: logger})
+	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Keys: store.Keys(), Logger: logger})
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +190,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
 		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
-		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: keys},
+		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: store.Keys()},
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
 		TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {

@@ -48,7 +48,7 @@ type Config struct {
 	// Keys are the public keys whose events reads accept (required): an event they do not
 	// verify is returned as a stub with Refusal set (events.Keyring.Decode).
 	Keys *events.Keyring
-	// Signer signs appended events; without it (a reader such as identityctl) Append fails.
+	// Signer signs appended events (required unless ReadOnly).
 	Signer events.SigningKey
 }
 
@@ -75,6 +75,9 @@ func (c Config) Validate() error {
 	if c.Keys == nil {
 		return errors.New("eventstore: Keys is required (the public keys events are verified with)")
 	}
+	if !c.ReadOnly && !c.Signer.Valid() {
+		return errors.New("eventstore: Signer is required unless ReadOnly")
+	}
 	if c.Replicas < 0 || c.Replicas > 5 {
 		return errors.New("eventstore: Replicas must be from 0 (keep the stream's) to 5")
 	}
@@ -86,6 +89,8 @@ type Store struct {
 	cfg Config
 	nc  *nats.Conn
 	js  jetstream.JetStream
+
+	metadata map[string]string // the signed record of where signing began (events.SigningKey.SignedFrom)
 
 	mu         sync.Mutex
 	conn       context.Context // done when the connection in use was lost
@@ -129,29 +134,77 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, nc: cfg.Conn, js: js}
 	s.conn, s.connCancel = context.WithCancel(context.Background())
+	existing, err := js.Stream(ctx, cfg.Stream)
+	notFound := errors.Is(err, jetstream.ErrStreamNotFound)
+	if err != nil && !notFound {
+		return nil, fmt.Errorf("eventstore: look up stream %s: %w", cfg.Stream, err)
+	}
 	if cfg.ReadOnly {
-		existing, err := js.Stream(ctx, cfg.Stream)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
+		if notFound {
 			return nil, fmt.Errorf("eventstore: stream %s not found (identityd creates it on its first start): %w", cfg.Stream, err)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("eventstore: look up stream %s: %w", cfg.Stream, err)
+		info := existing.CachedInfo()
+		s.cfg.Replicas = info.Config.Replicas
+		if from, ok := cfg.Keys.SignedFrom(cfg.Stream, info.Config.Metadata); ok {
+			s.cfg.Keys = cfg.Keys.WithUnsignedThrough(from - 1)
 		}
-		s.cfg.Replicas = existing.CachedInfo().Config.Replicas
 		return s, nil
 	}
 	if s.cfg.Replicas == 0 {
 		s.cfg.Replicas = 1
-		if existing, err := js.Stream(ctx, cfg.Stream); err == nil {
+		if !notFound {
 			s.cfg.Replicas = existing.CachedInfo().Config.Replicas
-		} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
-			return nil, fmt.Errorf("eventstore: look up stream %s: %w", cfg.Stream, err)
 		}
 	}
+	from := uint64(1) // a new stream: every event is signed
+	if !notFound {
+		if from, err = s.signedFrom(ctx, existing.CachedInfo()); err != nil {
+			return nil, err
+		}
+	}
+	s.cfg.Keys = cfg.Keys.WithUnsignedThrough(from - 1)
+	s.metadata = cfg.Signer.SignedFrom(cfg.Stream, from)
 	if _, err := js.CreateOrUpdateStream(ctx, s.StreamConfig()); err != nil {
 		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
 	}
 	return s, nil
+}
+
+// ErrUnsignedHistory is returned by Open for a stream that begins with unsigned events and
+// records no position from which its events are signed.
+var ErrUnsignedHistory = errors.New("the event stream begins with unsigned events")
+
+// signedFrom is the position from which every event of an existing stream is signed: the one
+// its metadata records under a trusted signature, else (a stream written before identityd
+// signed, or whose record was removed) the first position if the stream is empty or begins
+// with a signed event, else the one after the configured unsigned history.
+func (s *Store) signedFrom(ctx context.Context, info *jetstream.StreamInfo) (uint64, error) {
+	if from, ok := s.cfg.Keys.SignedFrom(s.cfg.Stream, info.Config.Metadata); ok {
+		return from, nil
+	}
+	if info.State.Msgs == 0 {
+		return info.State.LastSeq + 1, nil
+	}
+	first := info.State.FirstSeq
+	signed := false
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	err := DirectRead(ctx, s.nc, s.cfg.Stream, events.SubjectRoot+".>", first, 1, 1, func(m *nats.Msg, _ uint64) error {
+		signed = m.Header.Get(events.HeaderSignature) != ""
+		return nil
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("eventstore: read the first event: %w", err)
+	case signed:
+		return first, nil
+	case s.cfg.Keys.UnsignedThrough() > 0:
+		return s.cfg.Keys.UnsignedThrough() + 1, nil
+	}
+	return 0, fmt.Errorf("%w (seq %d) and records no position from which its events are signed: if identityd wrote "+
+		"them before it signed events, set IDENTITYD_EVENTS_UNSIGNED_THROUGH to the last sequence that version wrote, "+
+		"checked with identityctl events export (README, Security model); identityd records it in the stream and the "+
+		"setting is not needed afterwards", ErrUnsignedHistory, first)
 }
 
 // StreamConfig is the stream's configuration: file storage, kept forever, deletes and purges
@@ -170,6 +223,7 @@ func (s *Store) StreamConfig() jetstream.StreamConfig {
 		AllowDirect:        true,
 		AllowAtomicPublish: true,
 		Discard:            jetstream.DiscardNew,
+		Metadata:           s.metadata,
 	}
 }
 
@@ -596,29 +650,4 @@ func RedactURL(raw string) string {
 		}
 	}
 	return strings.Join(parts, ",")
-}
-
-// ErrUnsignedHistory is returned by CheckSignedHistory for a stream that begins with events
-// written before identityd signed its events, when the keyring accepts none of them.
-var ErrUnsignedHistory = errors.New("the event stream begins with unsigned events")
-
-// CheckSignedHistory refuses a stream whose first event is unsigned while the keyring accepts
-// no unsigned event there: such a stream was written by a version that did not sign, and
-// reading it would refuse every earlier event. Only the first event decides, so an unsigned
-// event injected later is refused as a forgery instead of blocking start-up.
-func (s *Store) CheckSignedHistory(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	defer cancel()
-	return DirectRead(ctx, s.nc, s.cfg.Stream, events.SubjectRoot+".>", 1, 1, 1, func(m *nats.Msg, seq uint64) error {
-		if m.Header.Get(events.HeaderSignature) == "" && seq > s.cfg.Keys.UnsignedThrough() {
-			last, err := s.LastSequence(ctx)
-			if err != nil {
-				return err
-			}
-			return fmt.Errorf("%w (from seq %d; the stream ends at %d): if they were written by identityd before it signed "+
-				"events, set IDENTITYD_EVENTS_UNSIGNED_THROUGH to the last sequence the older version wrote "+
-				"(README, Security model)", ErrUnsignedHistory, seq, last)
-		}
-		return nil
-	})
 }
