@@ -43,15 +43,7 @@ func TestForgedEventsAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := writer(t, e)
 	secret := benchtoken.New("idt_")
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	for _, ev := range []events.Event{
@@ -171,15 +163,7 @@ func TestReplayedEventsAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := writer(t, e)
 	again := nats.NewMsg(orig.Subject)
 	again.Data = orig.Data
 	for k, v := range orig.Header {
@@ -231,15 +215,7 @@ func TestForgedGrantDoesNotBlockBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := writer(t, e)
 	ack, err := js.PublishMsg(context.Background(), m)
 	if err != nil {
 		t.Fatal(err)
@@ -250,4 +226,20 @@ func TestForgedGrantDoesNotBlockBootstrap(t *testing.T) {
 	admin := e.start()
 	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", opsSession, nil), 200)
 	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", attackerSession, nil), 403)
+}
+
+// writer is a JetStream client with publish rights on the stream but without the signing key:
+// the attacker these tests play.
+func writer(t *testing.T, e *env) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }
