@@ -19,7 +19,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 )
 
@@ -274,7 +273,7 @@ func versionAtLeast(have, want string) bool {
 
 // Append implements domain.EventStore. One change is a plain publish; several are one atomic
 // batch. Each expectation is checked on the first message of its aggregate.
-func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domain.Expectation, changes []domain.Change) (uint64, error) {
+func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []events.Expectation, changes []events.Change) (uint64, error) {
 	if len(changes) == 0 {
 		return 0, errors.New("eventstore: nothing to append")
 	}
@@ -282,7 +281,7 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domai
 		return 0, ErrReadOnly
 	}
 	if s.nc.Status() != nats.CONNECTED {
-		return 0, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+		return 0, fmt.Errorf("%w: not connected to NATS (%s)", events.ErrUnavailable, s.nc.Status())
 	}
 	msgs := make([]*nats.Msg, len(changes))
 	chains := map[events.Aggregate]string{} // each aggregate's chain head as the batch grows
@@ -290,7 +289,7 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []domai
 		c := &changes[i]
 		agg := c.Event.Aggregate()
 		prev, seen := chains[agg]
-		var exp *domain.Expectation
+		var exp *events.Expectation
 		if !seen {
 			for j := range expect {
 				if expect[j].Aggregate == agg {
@@ -380,7 +379,7 @@ const (
 func apiError(code int, desc string) error {
 	switch code {
 	case errWrongLastSequence, errWrongLastSequenceConstant, errBatchContainsDuplicateMsg, errStreamDuplicateMsgConflict:
-		return fmt.Errorf("%w: %s", domain.ErrVersionConflict, desc)
+		return fmt.Errorf("%w: %s", events.ErrVersionConflict, desc)
 	}
 	return fmt.Errorf("eventstore: jetstream error %d: %s", code, desc)
 }
@@ -394,7 +393,7 @@ func classify(err error) error {
 		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
 		errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrDisconnected) ||
 		errors.Is(err, nats.ErrConnectionReconnecting) {
-		return fmt.Errorf("%w: %w", domain.ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", events.ErrUnavailable, err)
 	}
 	return err
 }
@@ -450,7 +449,7 @@ func (s *Store) decode(subject string, h nats.Header, data []byte, seq uint64) (
 // of the whole stream use Replay.
 func DirectRead(ctx context.Context, nc *nats.Conn, stream, filter string, from uint64, batch, limit int, each func(m *nats.Msg, seq uint64) error) error {
 	if nc.Status() != nats.CONNECTED {
-		return fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, nc.Status())
+		return fmt.Errorf("%w: not connected to NATS (%s)", events.ErrUnavailable, nc.Status())
 	}
 	inbox := nc.NewRespInbox()
 	sub, err := nc.SubscribeSync(inbox)
@@ -487,7 +486,7 @@ func DirectRead(ctx context.Context, nc *nats.Conn, stream, filter string, from 
 				more = pending > 0 && (limit == 0 || read < limit)
 				break recv
 			default:
-				return fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
+				return fmt.Errorf("%w: direct get: %s %s", events.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
 			}
 			n, err := strconv.ParseUint(m.Header.Get(jetstream.SequenceHeader), 10, 64)
 			if err != nil {
@@ -537,11 +536,11 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	}
 	switch {
 	case resp.Error != nil:
-		return 0, fmt.Errorf("%w: stream info: %s", domain.ErrUnavailable, resp.Error.Desc)
+		return 0, fmt.Errorf("%w: stream info: %s", events.ErrUnavailable, resp.Error.Desc)
 	case resp.State == nil:
 		return 0, errors.New("eventstore: stream info reply without a state")
 	case !resp.Cluster.fromLeader():
-		return 0, fmt.Errorf("%w: stream info from a replica while the stream has no leader", domain.ErrUnavailable)
+		return 0, fmt.Errorf("%w: stream info from a replica while the stream has no leader", events.ErrUnavailable)
 	}
 	return resp.State.LastSeq, nil
 }
@@ -562,7 +561,7 @@ func (c *clusterInfo) fromLeader() bool { return c == nil || c.Leader != "" }
 // returns the reply, within the store's timeout; ErrUnavailable when NATS cannot be asked.
 func (s *Store) apiRequest(ctx context.Context, api string, body []byte) (*nats.Msg, error) {
 	if s.nc.Status() != nats.CONNECTED {
-		return nil, fmt.Errorf("%w: not connected to NATS (%s)", domain.ErrUnavailable, s.nc.Status())
+		return nil, fmt.Errorf("%w: not connected to NATS (%s)", events.ErrUnavailable, s.nc.Status())
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
@@ -599,7 +598,7 @@ func (s *Store) lastFor(ctx context.Context, filter string) (uint64, error) {
 	case resp.Error != nil && resp.Error.ErrCode == errNoMessageFound:
 		return 0, nil
 	case resp.Error != nil:
-		return 0, fmt.Errorf("%w: message get: %s", domain.ErrUnavailable, resp.Error.Desc)
+		return 0, fmt.Errorf("%w: message get: %s", events.ErrUnavailable, resp.Error.Desc)
 	case resp.Message == nil:
 		return 0, errors.New("eventstore: message get reply without a message")
 	}
@@ -634,7 +633,7 @@ func (s *Store) SequenceAt(ctx context.Context, t time.Time) (uint64, error) {
 		last, err := s.LastSequence(ctx)
 		return last + 1, err
 	default:
-		return 0, fmt.Errorf("%w: direct get: %s %s", domain.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
+		return 0, fmt.Errorf("%w: direct get: %s %s", events.ErrUnavailable, m.Header.Get("Status"), m.Header.Get("Description"))
 	}
 }
 
