@@ -37,7 +37,7 @@ type app struct {
 	presence  *eventstore.Presence         // registers this instance for cache leases; nil with the cache off
 	lease     time.Duration                // the cache's lease
 	nc        *nats.Conn
-	ns        *server.Server  // nil with an external NATS
+	ns        *server.Server // nil with an external NATS
 	logger    *slog.Logger
 	runDone   chan error
 	cancel    context.CancelFunc

@@ -222,7 +222,7 @@ func openStore(t testing.TB, url string, keys embedded.Keys, replicas int, secre
 	t.Cleanup(nc.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, ReadOnly: keys.Dir != "", Keys: keyringFor(t, secret)})
+	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Replicas: replicas, ReadOnly: true, Keys: keyringFor(t, secret)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -106,8 +106,14 @@ func TestReplay(t *testing.T) {
 		!errors.Is(stubbed[len(stubbed)-1].Refusal, events.ErrUnsigned) {
 		t.Fatalf("unsigned event at %d: %d events, %v", ack.Sequence, len(stubbed), err)
 	}
-	// Accepted as legacy (unsigned history), it cannot be decoded: the replay stops, naming it.
-	legacy, err := eventstore.Open(ctx, eventstore.Config{Conn: st.Conn(), Keys: events.NewKeyring(ack.Sequence, eventstoretest.Signer.PublicKey())})
+	// Accepted as legacy (unsigned history: a stream with no record of where signing began,
+	// as an older version left it), it cannot be decoded: the replay stops, naming it.
+	cfg := stream.CachedInfo().Config
+	cfg.Metadata = nil
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	legacy, err := eventstore.Open(ctx, eventstore.Config{Conn: st.Conn(), ReadOnly: true, Keys: events.NewKeyring(ack.Sequence, eventstoretest.Signer.PublicKey())})
 	if err != nil {
 		t.Fatal(err)
 	}
