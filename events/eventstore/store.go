@@ -526,7 +526,7 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 		State *struct {
 			LastSeq uint64 `json:"last_seq"`
 		} `json:"state"`
-		Cluster *clusterInfo `json:"cluster"`
+		Cluster *ClusterInfo `json:"cluster"`
 		Error   *struct {
 			Desc string `json:"description"`
 		} `json:"error"`
@@ -539,23 +539,24 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("%w: stream info: %s", events.ErrUnavailable, resp.Error.Desc)
 	case resp.State == nil:
 		return 0, errors.New("eventstore: stream info reply without a state")
-	case !resp.Cluster.fromLeader():
+	case !resp.Cluster.FromLeader():
 		return 0, fmt.Errorf("%w: stream info from a replica while the stream has no leader", events.ErrUnavailable)
 	}
 	return resp.State.LastSeq, nil
 }
 
-// clusterInfo is the cluster part of a stream info reply.
-type clusterInfo struct {
+// ClusterInfo is the cluster part of a JetStream stream info reply, for readers that ask the
+// stream's leader (LastSequence here, the credential cache's instance registry).
+type ClusterInfo struct {
 	Leader string `json:"leader"`
 }
 
-// fromLeader reports whether a stream info reply came from the stream's leader. While a
+// FromLeader reports whether a stream info reply came from the stream's leader. While a
 // replicated stream has no leader, every replica answers stream info from its own state,
 // which may lag; those replies name no leader. (A standalone server names itself.) A leader
 // cut off by a partition may still answer as leader until it notices, which takes an election
 // timeout: a known limit of reading from NATS without a write.
-func (c *clusterInfo) fromLeader() bool { return c == nil || c.Leader != "" }
+func (c *ClusterInfo) FromLeader() bool { return c == nil || c.Leader != "" }
 
 // apiRequest sends a JetStream API request about the stream ($JS.API.<api>.<stream>) and
 // returns the reply, within the store's timeout; ErrUnavailable when NATS cannot be asked.
