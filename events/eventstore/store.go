@@ -1,8 +1,3 @@
-// Package eventstore keeps identityd's events in a NATS JetStream stream: it creates the
-// stream, appends with per-aggregate optimistic concurrency (expected last subject sequence
-// over the aggregate's wildcard subject), appends several events atomically (atomic batch
-// publish), deduplicates retries (Nats-Msg-Id), and loads one aggregate's history with batched
-// direct gets.
 package eventstore
 
 import (
@@ -516,7 +511,7 @@ func (s *Store) Version(ctx context.Context, agg events.Aggregate) (uint64, erro
 // against. It asks the stream leader for stream info in one request (never a replica that
 // lags, as a direct get could be); the server answers from counters it keeps, in constant
 // time. (A last-message lookup on the stream's whole subject space, identity.>, costs time in
-// proportion to the number of subjects: 17 ms with 300,000 subjects, measured.)
+// proportion to the number of subjects; README, "Performance".)
 func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	m, err := s.apiRequest(ctx, "STREAM.INFO", nil)
 	if err != nil {

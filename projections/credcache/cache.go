@@ -18,14 +18,14 @@ import (
 // Cache answers credential lookups (token digest → token and user) from memory,
 // without giving up "a revoked token stops working at once" — on this instance or any other.
 //
-// Three rules make a cached answer as good as a database read:
+// Three rules make a cached answer as good as a database read (docs/credential-cache.md):
 //
 //   - Invalidation. The projector's feed tells the cache of every event as soon as it arrives,
-//     before it is decoded or applied (projections.Projector.OnArrival); an event of a user drops that
-//     user's entries, except one that only adds a credential (a token created, a session
-//     started), which leaves the others as they were, and one that only changes the profile
-//     (a rename), which keeps the credentials but marks their profile stale (User reads it
-//     again, and refreshes the entries once the read model has it). A database read that
+//     before it is decoded or applied (projections.Projector.OnArrival); an event of a user
+//     drops that user's entries, except one that only adds a credential (a token created, a
+//     session started), which leaves the others as they were, and one that only changes the
+//     profile (a rename), which keeps the credentials but marks their profile stale (User reads
+//     it again, and refreshes the entries once the read model has it). A database read that
 //     raced with an arrival is not cached: an entry is stored only if its user row's version
 //     is not older than the last event that arrived for that user, and that event is
 //     remembered until the read model has applied it (and seenFor longer), however long the
@@ -39,9 +39,9 @@ import (
 //     within a fraction of a second rather than going on from memory.)
 //     Renewal happens on demand, one at a time, so an idle service asks nothing; a busy one
 //     renews once a quarter of the lease has passed, so a renewal has three quarters of it to
-//     finish before the lease lapses (on two saturated cores a renewal — a leader round trip
-//     and a few goroutine wake-ups — took more than half of a 10 ms lease a few percent of the
-//     time, and every request in the gap went to the database).
+//     finish before the lease lapses: on saturated cores a renewal (a leader round trip and a
+//     few goroutine wake-ups) can take a good part of a short lease, and every request in the
+//     gap goes to the database.
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
 //     was taken after the append, when L already covered it, so no instance can answer from an
