@@ -25,11 +25,22 @@ func NewTestSubscription(js jetstream.JetStream, batch int) *Subscription {
 	return s
 }
 
-func (s *Subscription) Feed() *Feed                { return s.f }
-func (s *Subscription) In() <-chan RawEvent        { return s.in }
-func (s *Subscription) LastSeen() uint64           { return s.lastSeen.Load() }
+// Feed is the subscription's feed.
+func (s *Subscription) Feed() *Feed { return s.f }
+
+// In is what the subscription hands on, before Next batches it.
+func (s *Subscription) In() <-chan RawEvent { return s.in }
+
+// LastSeen is the last stream sequence handed on.
+func (s *Subscription) LastSeen() uint64 { return s.lastSeen.Load() }
+
+// Bridge runs the direct-get bridge until ctx ends.
 func (s *Subscription) Bridge(ctx context.Context) { s.bridge(ctx) }
+
+// Consume starts an ordered consumer after LastSeen.
 func (s *Subscription) Consume(ctx context.Context) (jetstream.ConsumeContext, error) {
 	return s.consume(ctx)
 }
+
+// ReadDirect reads one bridging round with direct gets.
 func (s *Subscription) ReadDirect(ctx context.Context) (int, error) { return s.readDirect(ctx) }
