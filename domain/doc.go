@@ -1,5 +1,7 @@
 // Package domain decides what happens to identities: aggregates (User, EmailClaim) validate
 // commands and emit events, and Service runs each command against the event store with
 // optimistic concurrency. It knows nothing of HTTP, NATS or SQL; its ports (EventStore) are
-// declared here, where they are used, and implemented by adapters elsewhere.
+// declared here, where they are used, in the vocabulary of package events (events.Change,
+// events.Expectation, events.ErrVersionConflict, events.ErrUnavailable), and implemented by
+// adapters elsewhere that need not import domain.
 package domain

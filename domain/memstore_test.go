@@ -13,7 +13,7 @@ import (
 // memStore is an in-memory EventStore for the domain's unit tests only (the JetStream store is
 // tested in events/eventstore). It keeps the EventStore contract: one global sequence, an
 // aggregate's version is the sequence of its last event (0 for none), a failed expectation is
-// an error wrapping ErrVersionConflict, Load returns the events after a sequence, and a multi-change append is all or nothing with
+// an error wrapping events.ErrVersionConflict, Load returns the events after a sequence, and a multi-change append is all or nothing with
 // consecutive sequences.
 type memStore struct {
 	versionChecks atomic.Int64 // calls of Version
@@ -46,7 +46,7 @@ func (s *memStore) Load(_ context.Context, agg events.Aggregate, after uint64) (
 	return out, nil
 }
 
-func (s *memStore) Append(_ context.Context, meta events.Metadata, expect []Expectation, changes []Change) (uint64, error) {
+func (s *memStore) Append(_ context.Context, meta events.Metadata, expect []events.Expectation, changes []events.Change) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls++
@@ -65,13 +65,13 @@ func (s *memStore) versionLocked(agg events.Aggregate) uint64 {
 	return h[len(h)-1].Sequence
 }
 
-func (s *memStore) appendLocked(meta events.Metadata, expect []Expectation, changes []Change) (uint64, error) {
+func (s *memStore) appendLocked(meta events.Metadata, expect []events.Expectation, changes []events.Change) (uint64, error) {
 	if len(changes) == 0 {
 		return 0, errors.New("memstore: nothing to append")
 	}
 	for _, e := range expect { // check everything before writing anything: all or none
 		if v := s.versionLocked(e.Aggregate); v != e.Version {
-			return 0, fmt.Errorf("%w: %s is at %d, expected %d", ErrVersionConflict, e.Aggregate, v, e.Version)
+			return 0, fmt.Errorf("%w: %s is at %d, expected %d", events.ErrVersionConflict, e.Aggregate, v, e.Version)
 		}
 	}
 	for _, c := range changes {
@@ -89,13 +89,13 @@ func (s *memStore) appendLocked(meta events.Metadata, expect []Expectation, chan
 
 // rival appends events as another writer would, expecting the aggregate's current version.
 func (s *memStore) rival(evs ...events.Event) {
-	var changes []Change
+	var changes []events.Change
 	for _, e := range evs {
-		changes = append(changes, Change{Event: e})
+		changes = append(changes, events.Change{Event: e})
 	}
 	agg := evs[0].Aggregate()
 	if _, err := s.appendLocked(events.Metadata{Actor: "system"},
-		[]Expectation{{Aggregate: agg, Version: s.versionLocked(agg)}}, changes); err != nil {
+		[]events.Expectation{{Aggregate: agg, Version: s.versionLocked(agg)}}, changes); err != nil {
 		panic(err)
 	}
 }
@@ -147,9 +147,9 @@ type conflictStore struct {
 	*memStore
 }
 
-func (c conflictStore) Append(context.Context, events.Metadata, []Expectation, []Change) (uint64, error) {
+func (c conflictStore) Append(context.Context, events.Metadata, []events.Expectation, []events.Change) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.calls++
-	return 0, fmt.Errorf("memstore: always conflicting: %w", ErrVersionConflict)
+	return 0, fmt.Errorf("memstore: always conflicting: %w", events.ErrVersionConflict)
 }

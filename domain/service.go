@@ -13,13 +13,9 @@ import (
 	"github.com/identityd/identityd/events"
 )
 
-// Errors of the event store port and of Service.
+// Errors of Service. The event store port's (events.ErrVersionConflict, events.ErrUnavailable)
+// are in package events.
 var (
-	// ErrVersionConflict is returned by EventStore.Append when an aggregate changed since it was
-	// loaded (the stream's expected-sequence check failed).
-	ErrVersionConflict = errors.New("aggregate version conflict")
-	// ErrUnavailable wraps event-store failures that a retry later may cure (store down, timeout).
-	ErrUnavailable = errors.New("event store unavailable")
 	// ErrConcurrentModification: the aggregate kept changing under the command until it gave up.
 	ErrConcurrentModification = errors.New("concurrent modification")
 	// ErrInvalidCredentials: unknown email or wrong password (deliberately indistinguishable).
@@ -34,24 +30,6 @@ var (
 	ErrIdempotencyKeySpent = fmt.Errorf("%w: the credential it created has expired, ended or been revoked", ErrIdempotencyKeyReused)
 )
 
-// Change is one event decided by an aggregate, with the id and time it is recorded under.
-type Change struct {
-	ID    uuid.UUID
-	At    time.Time
-	Event events.Event
-	// Chain is filled in by EventStore.Append: the event's chain hash (events.ChainHash).
-	Chain string
-}
-
-// Expectation asks the store to append only if the aggregate's last event is still at Version
-// (0: the aggregate has no events yet). Chain is that event's chain hash ("" for none); the
-// aggregate's new events are chained to it.
-type Expectation struct {
-	Aggregate events.Aggregate
-	Version   uint64
-	Chain     string
-}
-
 // EventStore is the port to the event stream.
 type EventStore interface {
 	// Load returns an aggregate's events stored after stream sequence `after`, in order: all of
@@ -59,10 +37,10 @@ type EventStore interface {
 	// after = its version, which costs one round trip when nothing changed.
 	Load(ctx context.Context, agg events.Aggregate, after uint64) ([]events.Envelope, error)
 	// Append stores the changes atomically, all or none, if every expectation holds, and
-	// returns the stream sequence of the last one. A failed expectation is ErrVersionConflict.
+	// returns the stream sequence of the last one. A failed expectation is events.ErrVersionConflict.
 	// Changes are numbered consecutively, so change i is at lastSeq-len(changes)+1+i. Each
 	// change's Chain is set to its chain hash.
-	Append(ctx context.Context, meta events.Metadata, expect []Expectation, changes []Change) (lastSeq uint64, err error)
+	Append(ctx context.Context, meta events.Metadata, expect []events.Expectation, changes []events.Change) (lastSeq uint64, err error)
 	// Version returns the stream sequence of the aggregate's last event (0: none), read from
 	// the authoritative copy: the check that a refusal was not decided on stale state.
 	Version(ctx context.Context, agg events.Aggregate) (uint64, error)
@@ -225,14 +203,14 @@ func (s *Service) SignUp(ctx context.Context, meta events.Metadata, in SignUp) (
 		}
 		u.startSession(sessionID, Digest(token), now, s.cfg.SessionTTL)
 		changes := s.changes(scope, now, claim.changes, u.changes)
-		seq, err := s.store.Append(ctx, meta, []Expectation{
+		seq, err := s.store.Append(ctx, meta, []events.Expectation{
 			{Aggregate: claim.agg, Version: claim.version, Chain: claim.chain},
 			{Aggregate: events.UserAggregate(userID), Version: 0},
 		}, changes)
-		if errors.Is(err, ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
+		if errors.Is(err, events.ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
 			continue // someone touched the address: decide again on fresh state
 		}
-		if errors.Is(err, ErrVersionConflict) {
+		if errors.Is(err, events.ErrVersionConflict) {
 			return SignedUp{}, ErrConcurrentModification
 		}
 		if err != nil {
@@ -478,15 +456,15 @@ func (s *Service) DeleteUser(ctx context.Context, meta events.Metadata, userID u
 		u.remove()
 		claim.release(userID)
 		now := s.cfg.Now()
-		seq, err := s.store.Append(ctx, meta, []Expectation{
+		seq, err := s.store.Append(ctx, meta, []events.Expectation{
 			{Aggregate: events.UserAggregate(userID), Version: u.version, Chain: u.chain},
 			{Aggregate: claim.agg, Version: claim.version, Chain: claim.chain},
 		}, s.changes("", now, u.changes, claim.changes))
 		s.cache.drop(userID)
-		if errors.Is(err, ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
+		if errors.Is(err, events.ErrVersionConflict) && attempt < s.cfg.MaxAttempts {
 			continue
 		}
-		if errors.Is(err, ErrVersionConflict) {
+		if errors.Is(err, events.ErrVersionConflict) {
 			return Result{}, ErrConcurrentModification
 		}
 		if err != nil {
@@ -535,10 +513,10 @@ func (s *Service) update(ctx context.Context, meta events.Metadata, scope string
 			return Result{Seq: u.version}, nil
 		}
 		changes := s.changes(scope, s.cfg.Now(), u.changes)
-		seq, err := s.store.Append(ctx, meta, []Expectation{{Aggregate: events.UserAggregate(id), Version: u.version, Chain: u.chain}}, changes)
+		seq, err := s.store.Append(ctx, meta, []events.Expectation{{Aggregate: events.UserAggregate(id), Version: u.version, Chain: u.chain}}, changes)
 		if err != nil {
 			s.cache.drop(id)
-			if errors.Is(err, ErrVersionConflict) {
+			if errors.Is(err, events.ErrVersionConflict) {
 				if attempt < s.cfg.MaxAttempts {
 					continue
 				}
@@ -627,12 +605,12 @@ func (s *Service) loadEmail(ctx context.Context, normalized string) (*EmailClaim
 
 // changes stamps raised events with ids (derived from the idempotency scope when there is one,
 // so a retried command carries the same Nats-Msg-Id) and a time.
-func (s *Service) changes(scope string, at time.Time, groups ...[]events.Event) []Change {
-	var out []Change
+func (s *Service) changes(scope string, at time.Time, groups ...[]events.Event) []events.Change {
+	var out []events.Change
 	for _, g := range groups {
 		for _, e := range g {
 			id := s.secrets.id(scope, fmt.Sprintf("event\x00%d", len(out)))
-			out = append(out, Change{ID: id, At: at, Event: e})
+			out = append(out, events.Change{ID: id, At: at, Event: e})
 		}
 	}
 	return out

@@ -47,26 +47,26 @@ var ada = SignUp{Email: "Ada@Example.com", Name: "Ada Lovelace", Password: "corr
 func TestMemStore(t *testing.T) {
 	t.Parallel()
 	u1, u2 := events.UserAggregate(testUserID), events.UserAggregate(testToken1)
-	ev := func(id uuid.UUID) Change {
-		return Change{ID: uuid.New(), Event: events.UserDeleted{Versioned: events.V(), UserID: id}}
+	ev := func(id uuid.UUID) events.Change {
+		return events.Change{ID: uuid.New(), Event: events.UserDeleted{Versioned: events.V(), UserID: id}}
 	}
 	st := newMemStore()
 	ctx := context.Background()
-	seq, err := st.Append(ctx, testMeta, []Expectation{{Aggregate: u1}, {Aggregate: u2}}, []Change{ev(testUserID), ev(testToken1), ev(testUserID)})
+	seq, err := st.Append(ctx, testMeta, []events.Expectation{{Aggregate: u1}, {Aggregate: u2}}, []events.Change{ev(testUserID), ev(testToken1), ev(testUserID)})
 	if err != nil || seq != 3 {
 		t.Fatalf("first append = %d, %v; want 3", seq, err)
 	}
 	tests := []struct {
 		name    string
-		expect  []Expectation
-		changes []Change
+		expect  []events.Expectation
+		changes []events.Change
 		wantErr error
 		wantSeq uint64
 	}{
-		{"stale version", []Expectation{{Aggregate: u1, Version: 1}}, []Change{ev(testUserID)}, ErrVersionConflict, 0},
-		{"one of two stale: all or none", []Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 0}}, []Change{ev(testUserID), ev(testToken1)}, ErrVersionConflict, 0},
-		{"new aggregate must be 0", []Expectation{{Aggregate: events.UserAggregate(testToken2), Version: 3}}, []Change{ev(testToken2)}, ErrVersionConflict, 0},
-		{"current versions", []Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 2}}, []Change{ev(testToken1), ev(testUserID)}, nil, 5},
+		{"stale version", []events.Expectation{{Aggregate: u1, Version: 1}}, []events.Change{ev(testUserID)}, events.ErrVersionConflict, 0},
+		{"one of two stale: all or none", []events.Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 0}}, []events.Change{ev(testUserID), ev(testToken1)}, events.ErrVersionConflict, 0},
+		{"new aggregate must be 0", []events.Expectation{{Aggregate: events.UserAggregate(testToken2), Version: 3}}, []events.Change{ev(testToken2)}, events.ErrVersionConflict, 0},
+		{"current versions", []events.Expectation{{Aggregate: u1, Version: 3}, {Aggregate: u2, Version: 2}}, []events.Change{ev(testToken1), ev(testUserID)}, nil, 5},
 	}
 	for _, tc := range tests { // sequential: each row sees the store the previous left
 		seq, err := st.Append(ctx, testMeta, tc.expect, tc.changes)

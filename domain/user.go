@@ -151,7 +151,7 @@ func (u *User) follow(e events.Envelope) {
 }
 
 // committed records that the pending changes were stored, the last of them at seq.
-func (u *User) committed(seq uint64, stored []Change) {
+func (u *User) committed(seq uint64, stored []events.Change) {
 	for i := len(stored) - 1; i >= 0; i-- {
 		if stored[i].Event.Aggregate() == events.UserAggregate(u.id) {
 			u.chain = stored[i].Chain

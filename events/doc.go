@@ -1,6 +1,8 @@
 // Package events is identityd's event contract: the event types the domain emits, the
 // JetStream subjects they are stored under, and the CloudEvents 1.0 metadata carried in NATS
-// message headers.
+// message headers; and the vocabulary of appending to the stream (Change, Expectation,
+// ErrVersionConflict, ErrUnavailable, in append.go) that the domain's event-store port and its
+// adapter share.
 //
 // The stream is the source of truth. Downstream services subscribe to it and auditors replay it,
 // so everything here is a public, versioned contract: a field may be added without a new schema

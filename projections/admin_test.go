@@ -4,44 +4,9 @@ import (
 	"context"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/identityd/identityd/events"
 )
-
-// Administrator rights narrow or widen what a credential may do, so their events must drop the
-// user's cached credentials (like a revocation), never keep them (addsCredential) or keep them
-// with only the profile marked stale (profileOnly): the next lookup reads the admin flag anew.
-func TestCredentialCacheDropsEntriesOnAdminEvents(t *testing.T) {
-	for _, typ := range []events.Type{events.TypeAdminGranted, events.TypeAdminRevoked} {
-		if addsCredential[subjectToken(typ)] || profileOnly[subjectToken(typ)] {
-			t.Errorf("%s must drop cached credentials, not keep them", typ)
-		}
-	}
-	for _, b := range testBackends {
-		t.Run(b.name, func(t *testing.T) {
-			t.Parallel()
-			w := newCacheWorld(t, b, time.Minute)
-			lookup := func(want bool) {
-				t.Helper()
-				c, err := w.lookup(t)
-				if err != nil || c.User.Admin != want {
-					t.Fatalf("lookup = %+v, %v; want admin %v", c.User, err, want)
-				}
-			}
-			lookup(false)
-			w.head.Store(w.proj.deliver(events.AdminGranted{Versioned: events.V(), UserID: w.user}))
-			lookup(true)
-			lookup(true) // cached again
-			misses := w.cache.Stats().Misses
-			w.head.Store(w.proj.deliver(events.AdminRevoked{Versioned: events.V(), UserID: w.user}))
-			lookup(false)
-			if s := w.cache.Stats(); s.Misses != misses+1 {
-				t.Fatalf("stats %+v: the revocation must send the next lookup to the database", s)
-			}
-		})
-	}
-}
 
 // A users table created before the admin column existed gets it, false in every row (what a
 // rebuild of a stream without administrator events stores), and then takes admin events.

@@ -17,6 +17,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
 )
 
 // ProjectorConfig configures a Projector. Zero values take defaults.
@@ -77,30 +78,21 @@ type Projector struct {
 	mu        sync.Mutex
 	pos       uint64
 	changed   chan struct{}
-	onArrival []func(Arrival)
+	onArrival []func(eventstore.Arrival)
 }
 
-// Arrival is a notice from the projector's feed, in stream order: the event at Seq, stored
-// under Subject, has arrived — it is not decoded or applied yet, and every event before it
-// arrived first; or, with Restart, the feed (re)starts after Seq, the read model's
-// checkpoint, and the events up to it were applied without arriving here.
-type Arrival struct {
-	Seq     uint64
-	Subject string
-	Restart bool
-}
-
-// OnArrival registers f to see every Arrival, including events another instance already
-// applied: the in-memory credential cache invalidates from them as soon as they arrive.
+// OnArrival registers f to see every arrival notice of the projector's feed
+// (eventstore.Arrival), including events another instance already applied: the in-memory
+// credential cache invalidates from them as soon as they arrive.
 // f runs on the feed's goroutine and must be quick. Observers run in the order registered;
 // register before Run to see every event.
-func (p *Projector) OnArrival(f func(Arrival)) {
+func (p *Projector) OnArrival(f func(eventstore.Arrival)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.onArrival = append(p.onArrival, f)
 }
 
-func (p *Projector) arrived(a Arrival) {
+func (p *Projector) arrived(a eventstore.Arrival) {
 	p.mu.Lock()
 	observers := p.onArrival
 	p.mu.Unlock()
@@ -153,9 +145,11 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 		middleware.Recoverer,
 	)
 	p.sub = &streamSubscriber{
-		js: cfg.JetStream, stream: cfg.Stream, start: p.checkpoint, maxBatch: cfg.MaxBatch,
-		backoff: 500 * time.Millisecond, logger: logger, closing: make(chan struct{}), nudge: make(chan struct{}, 1),
-		arrived: p.arrived, keys: cfg.Keys, refused: p.refuse,
+		feed: eventstore.NewFeed(eventstore.FeedConfig{
+			JetStream: cfg.JetStream, Stream: cfg.Stream, MaxBatch: cfg.MaxBatch, Logger: cfg.Logger, Arrived: p.arrived,
+		}),
+		start: p.checkpoint, backoff: 500 * time.Millisecond, closing: make(chan struct{}),
+		keys: cfg.Keys, refused: p.refuse,
 	}
 	router.AddConsumerHandler("project_"+cfg.Tables.Checkpoint(), events.SubjectRoot+".>", p.sub, p.handle)
 	p.router = router
@@ -241,7 +235,7 @@ func (p *Projector) Position() uint64 {
 // WaitFor blocks until the read model includes the event at stream sequence seq: the
 // read-your-writes barrier a command's caller passes before it answers.
 func (p *Projector) WaitFor(ctx context.Context, seq uint64) error {
-	p.sub.waitingFor(seq)
+	p.sub.feed.WaitingFor(seq)
 	for {
 		p.mu.Lock()
 		pos, ch := p.pos, p.changed

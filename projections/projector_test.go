@@ -47,9 +47,9 @@ func writeHistory(t *testing.T, st *eventstore.Store, users, perUser int) (fold,
 	chains := map[uuid.UUID]string{}
 	var last uint64
 	appendOne := func(id uuid.UUID, e events.Event) {
-		changes := []domain.Change{{ID: uuid.Must(uuid.NewV7()), At: time.Now().UTC().Truncate(time.Microsecond), Event: e}}
+		changes := []events.Change{{ID: uuid.Must(uuid.NewV7()), At: time.Now().UTC().Truncate(time.Microsecond), Event: e}}
 		seq, err := st.Append(ctx, events.Metadata{Actor: "system"},
-			[]domain.Expectation{{Aggregate: events.UserAggregate(id), Version: f.versions[id], Chain: chains[id]}}, changes)
+			[]events.Expectation{{Aggregate: events.UserAggregate(id), Version: f.versions[id], Chain: chains[id]}}, changes)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -45,7 +45,7 @@ type Credential struct {
 	User      UserRow
 	// ProfileStale is set by the credential cache when an event that changes only the user's
 	// profile (a rename) arrived after User was read: the credential still holds, but User's
-	// profile fields may predate the caller's own write. Read the user (CredentialCache.User
+	// profile fields may predate the caller's own write. Read the user (credcache.Cache.User
 	// or ReadModel.User) before showing them.
 	ProfileStale bool
 }

@@ -22,6 +22,12 @@ func applyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelo
 	return pos, err
 }
 
+// ApplyBatch is applyBatch for callers that hold the events themselves instead of reading
+// them through a Projector: tests that play the projector (the credential cache's).
+func ApplyBatch(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, error) {
+	return applyBatch(ctx, db, t, batch)
+}
+
 // applyBatchReplays is applyBatch that also returns the stream positions of the events it
 // refused as replays (see dropReplays).
 func applyBatchReplays(ctx context.Context, db *bun.DB, t Tables, batch []events.Envelope) (uint64, []uint64, error) {

@@ -19,7 +19,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -51,9 +50,9 @@ func newHarness(t *testing.T) *harness {
 // the provisioner's filter lets through.
 func (h *harness) append(payloads ...events.Event) {
 	h.t.Helper()
-	changes := make([]domain.Change, len(payloads))
+	changes := make([]events.Change, len(payloads))
 	for i, e := range payloads {
-		changes[i] = domain.Change{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: e}
+		changes[i] = events.Change{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: e}
 	}
 	last, err := h.store.Append(context.Background(), events.Metadata{Actor: "system"}, nil, changes)
 	if err != nil {

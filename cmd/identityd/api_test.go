@@ -15,7 +15,7 @@ import (
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstore"
-	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/credcache"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -285,12 +285,12 @@ func TestCommitWaitCoversAStalledInstance(t *testing.T) {
 	e := postgresEnv(t)
 	long := func(c *config) {
 		c.CacheLease = 200 * time.Millisecond
-		c.Presence = eventstore.PresenceConfig{TTL: 3 * time.Second, Refresh: 300 * time.Millisecond, Grace: time.Second,
+		c.Presence = credcache.PresenceConfig{TTL: 3 * time.Second, Refresh: 300 * time.Millisecond, Grace: time.Second,
 			Margin: 500 * time.Millisecond, ViewEvery: 100 * time.Millisecond, Timeout: 200 * time.Millisecond}
 	}
 	a, b := e.startWith(long), e.startWith(long)
 	var stall atomic.Bool
-	b.app.projector.OnArrival(func(ar projections.Arrival) {
+	b.app.projector.OnArrival(func(ar eventstore.Arrival) {
 		if strings.HasSuffix(ar.Subject, ".token_created") && stall.CompareAndSwap(true, false) {
 			time.Sleep(150 * time.Millisecond) // the next event reaches B's cache this much later
 		}
@@ -344,7 +344,7 @@ func revocationRace(t *testing.T, lag time.Duration) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
 	if lag > 0 {
-		b.app.projector.OnArrival(func(projections.Arrival) { time.Sleep(lag) })
+		b.app.projector.OnArrival(func(eventstore.Arrival) { time.Sleep(lag) })
 	}
 	// B answers from memory only once registered, and A then waits for it on every revocation.
 	waitFor(t, 5*time.Second, func() bool { return b.app.presence.MayLease() && !a.app.presence.Alone() })

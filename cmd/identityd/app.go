@@ -22,6 +22,7 @@ import (
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/credcache"
 	"github.com/identityd/identityd/transport/httpapi"
 )
 
@@ -32,10 +33,10 @@ type app struct {
 	projector *projections.Projector
 	usage     *projections.UsageTracker
 	db        *bun.DB
-	pingDB    *bun.DB                      // one connection of its own for the cache lease's check
-	cache     *projections.CredentialCache // nil when turned off
-	presence  *eventstore.Presence         // registers this instance for cache leases; nil with the cache off
-	lease     time.Duration                // the cache's lease
+	pingDB    *bun.DB             // one connection of its own for the cache lease's check
+	cache     *credcache.Cache    // nil when turned off
+	presence  *credcache.Presence // registers this instance for cache leases; nil with the cache off
+	lease     time.Duration       // the cache's lease
 	nc        *nats.Conn
 	ns        *server.Server // nil with an external NATS
 	logger    *slog.Logger
@@ -146,11 +147,11 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		if m := pcfg.WithDefaults().Margin; m <= 2*cfg.CacheLease {
 			return nil, fmt.Errorf("instance registry margin %s must exceed twice the cache lease %s", m, cfg.CacheLease)
 		}
-		if a.presence, err = eventstore.OpenPresence(ctx, pcfg); err != nil {
+		if a.presence, err = credcache.OpenPresence(ctx, pcfg); err != nil {
 			return nil, err
 		}
 		// Before the projector runs, so the cache sees every event arrive.
-		a.cache, err = projections.NewCredentialCache(projections.CacheConfig{ //nolint:contextcheck // its health check lives until close, not for this call
+		a.cache, err = credcache.New(credcache.Config{ //nolint:contextcheck // its health check lives until close, not for this call
 			ReadModel: rm, Head: store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
 			Peers: a.presence,
 			Ping:  func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
@@ -158,7 +159,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		if err != nil {
 			return nil, err
 		}
-		creds, fence = cachedCredentials{ReadModel: rm, CredentialCache: a.cache}, a.cache
+		creds, fence = cachedCredentials{ReadModel: rm, Cache: a.cache}, a.cache
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
@@ -208,7 +209,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 
 // presenceConfig is the instance registry's configuration: the test timings if set, else
 // the defaults, stretched for a lease over 100ms (the margin must cover a lease many times).
-func presenceConfig(cfg config, nc *nats.Conn, replicas int) eventstore.PresenceConfig {
+func presenceConfig(cfg config, nc *nats.Conn, replicas int) credcache.PresenceConfig {
 	p := cfg.Presence
 	p.Conn, p.Replicas = nc, replicas
 	if p.Margin <= 0 && cfg.CacheLease > 100*time.Millisecond {
@@ -281,20 +282,20 @@ func loadOrCreateKey(path string) ([]byte, error) {
 // cachedCredentials is the read model with credential lookups answered by the cache.
 type cachedCredentials struct {
 	*projections.ReadModel
-	*projections.CredentialCache
+	*credcache.Cache
 }
 
 // APITokenByDigest is the cache's.
 func (c cachedCredentials) APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error) {
-	return c.CredentialCache.APITokenByDigest(ctx, digest)
+	return c.Cache.APITokenByDigest(ctx, digest)
 }
 
 // User is the cache's: it refreshes cached profiles marked stale by a rename.
 func (c cachedCredentials) User(ctx context.Context, id uuid.UUID) (projections.UserRow, error) {
-	return c.CredentialCache.User(ctx, id)
+	return c.Cache.User(ctx, id)
 }
 
 // SessionByDigest is the cache's.
 func (c cachedCredentials) SessionByDigest(ctx context.Context, digest string) (projections.Credential, error) {
-	return c.CredentialCache.SessionByDigest(ctx, digest)
+	return c.Cache.SessionByDigest(ctx, digest)
 }

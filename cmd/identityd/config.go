@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/identityd/identityd/events"
-	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections/credcache"
 )
 
 // config is everything identityd can be told. Each setting is an environment variable with a
@@ -46,9 +46,9 @@ type config struct {
 	BootstrapAdmin string
 	TrustedProxies []string
 	DebugAddr      string
-	// Presence holds the timings of the instance registry (eventstore.PresenceConfig); not a
+	// Presence holds the timings of the instance registry (credcache.PresenceConfig); not a
 	// setting: zero takes the defaults, tests shorten them.
-	Presence eventstore.PresenceConfig
+	Presence credcache.PresenceConfig
 }
 
 // setting describes one configuration variable for flags, env and --help.

@@ -26,6 +26,7 @@ import (
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/credcache"
 	"github.com/identityd/identityd/projections/dbtest"
 	"github.com/identityd/identityd/transport/httpapi"
 )
@@ -123,7 +124,7 @@ func testConfig(t testing.TB, natsURL, dbURL string) config {
 		SessionTTL: time.Hour, Argon2MemKiB: 64, Argon2Time: 1, ConsistencyMax: 10 * time.Second,
 		CacheLease: 10 * time.Millisecond, CacheEntries: 100_000, // the defaults
 		// The registry's defaults scaled down tenfold, so an instance takes leases after 300ms.
-		Presence: eventstore.PresenceConfig{TTL: time.Second, Refresh: 200 * time.Millisecond, Grace: 300 * time.Millisecond,
+		Presence: credcache.PresenceConfig{TTL: time.Second, Refresh: 200 * time.Millisecond, Grace: 300 * time.Millisecond,
 			Margin: 100 * time.Millisecond, ViewEvery: 50 * time.Millisecond, Timeout: 100 * time.Millisecond},
 	}
 }

@@ -13,7 +13,7 @@ import (
 )
 
 // Subjects identityd publishes on besides the event stream's: the instance registry
-// (eventstore.Presence) and the projections' poison queue (projections.PoisonStream).
+// (credcache.Presence) and the projections' poison queue (projections.PoisonStream).
 const (
 	presenceSubjects = "identity_instances.>"
 	poisonSubjects   = "identityd.poison.>"

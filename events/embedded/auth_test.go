@@ -18,7 +18,6 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nkeys"
 
-	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -113,7 +112,7 @@ func TestDeployConfig(t *testing.T) {
 func checkAuth(t *testing.T, url string, k embedded.Keys, st *eventstore.Store) {
 	ctx := context.Background()
 	victim := uuid.New()
-	if _, err := st.Append(ctx, events.Metadata{Actor: "system"}, nil, []domain.Change{
+	if _, err := st.Append(ctx, events.Metadata{Actor: "system"}, nil, []events.Change{
 		{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: events.Renamed(victim, "Ada", "Ada King")},
 	}); err != nil {
 		t.Fatalf("identityd's key cannot append: %v", err)
@@ -193,7 +192,7 @@ func checkAuth(t *testing.T, url string, k embedded.Keys, st *eventstore.Store) 
 		if err != nil {
 			t.Fatalf("read-only open: %v", err)
 		}
-		if _, err := ro.Append(ctx, events.Metadata{Actor: "system"}, nil, []domain.Change{
+		if _, err := ro.Append(ctx, events.Metadata{Actor: "system"}, nil, []events.Change{
 			{ID: uuid.New(), At: time.Now(), Event: events.Renamed(victim, "Ada King", "Mallory")},
 		}); !errors.Is(err, eventstore.ErrReadOnly) {
 			t.Fatalf("append on a read-only store: %v, want ErrReadOnly", err)

@@ -10,7 +10,6 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/events/eventstoretest"
@@ -25,8 +24,8 @@ func TestReplay(t *testing.T) {
 	var last uint64
 	for i := range 25 {
 		id := uuid.New()
-		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []domain.Expectation{{Aggregate: events.UserAggregate(id)}},
-			[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "U" + string(rune('a'+i))})})
+		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []events.Expectation{{Aggregate: events.UserAggregate(id)}},
+			[]events.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "U" + string(rune('a'+i))})})
 		if err != nil {
 			t.Fatal(err)
 		}

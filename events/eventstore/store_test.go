@@ -9,7 +9,6 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -22,8 +21,8 @@ func openStore(t *testing.T) *eventstore.Store {
 	return st
 }
 
-func change(e events.Event) domain.Change {
-	return domain.Change{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: e}
+func change(e events.Event) events.Change {
+	return events.Change{ID: uuid.Must(uuid.NewV7()), At: time.Now(), Event: e}
 }
 
 func TestAppendAndLoad(t *testing.T) {
@@ -37,21 +36,21 @@ func TestAppendAndLoad(t *testing.T) {
 		t.Fatalf("empty aggregate: %v %v", got, err)
 	}
 	seq1, err := st.Append(ctx, events.Metadata{Actor: "system", RequestID: "r1"},
-		[]domain.Expectation{{Aggregate: agg, Version: 0}},
-		[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: "a@b.co", Name: "A"})})
+		[]events.Expectation{{Aggregate: agg, Version: 0}},
+		[]events.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: "a@b.co", Name: "A"})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// A stale expectation is a conflict, never a silent overwrite.
-	_, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: 0}},
-		[]domain.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "B"})})
-	if !errors.Is(err, domain.ErrVersionConflict) {
+	_, err = st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: 0}},
+		[]events.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "B"})})
+	if !errors.Is(err, events.ErrVersionConflict) {
 		t.Fatalf("want conflict, got %v", err)
 	}
 	// An atomic batch over two aggregates, each checked.
 	email := events.EmailAggregate("a@b.co")
-	last, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: seq1}, {Aggregate: email, Version: 0}},
-		[]domain.Change{
+	last, err := st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: seq1}, {Aggregate: email, Version: 0}},
+		[]events.Change{
 			change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "B"}),
 			change(events.EmailClaimed{Versioned: events.V(), EmailHash: email.ID, UserID: id}),
 		})
@@ -62,12 +61,12 @@ func TestAppendAndLoad(t *testing.T) {
 		t.Fatalf("batch last seq = %d, want %d", last, seq1+2)
 	}
 	// A batch whose second expectation fails stores nothing.
-	_, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: seq1 + 1}, {Aggregate: email, Version: 0}},
-		[]domain.Change{
+	_, err = st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: seq1 + 1}, {Aggregate: email, Version: 0}},
+		[]events.Change{
 			change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "C"}),
 			change(events.EmailClaimed{Versioned: events.V(), EmailHash: email.ID, UserID: id}),
 		})
-	if !errors.Is(err, domain.ErrVersionConflict) {
+	if !errors.Is(err, events.ErrVersionConflict) {
 		t.Fatalf("want conflict, got %v", err)
 	}
 	hist, err := st.Load(ctx, agg, 0)
@@ -94,13 +93,13 @@ func TestConcurrentAppendsNeverLoseAnUpdate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: 0}},
-				[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
+			_, err := st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: 0}},
+				[]events.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
 			if err == nil {
 				mu.Lock()
 				wins++
 				mu.Unlock()
-			} else if !errors.Is(err, domain.ErrVersionConflict) {
+			} else if !errors.Is(err, events.ErrVersionConflict) {
 				t.Error(err)
 			}
 		}()
@@ -119,8 +118,8 @@ func TestReadPagesThroughLongHistories(t *testing.T) {
 	var v uint64
 	for i := 0; i < 600; i++ {
 		var err error
-		v, err = st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg, Version: v}},
-			[]domain.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "n"})})
+		v, err = st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: v}},
+			[]events.Change{change(events.UserRenamed{Versioned: events.V(), UserID: id, Name: "n"})})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -139,13 +138,13 @@ func TestVersionAsksTheLeader(t *testing.T) {
 	if v, err := st.Version(ctx, agg); err != nil || v != 0 {
 		t.Fatalf("new aggregate: version %d, err %v", v, err)
 	}
-	seq, err := st.Append(ctx, events.Metadata{}, []domain.Expectation{{Aggregate: agg}},
-		[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
+	seq, err := st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg}},
+		[]events.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Another aggregate's event must not count.
-	if _, err := st.Append(ctx, events.Metadata{}, nil, []domain.Change{change(events.UserDeleted{Versioned: events.V(), UserID: uuid.New()})}); err != nil {
+	if _, err := st.Append(ctx, events.Metadata{}, nil, []events.Change{change(events.UserDeleted{Versioned: events.V(), UserID: uuid.New()})}); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := st.Version(ctx, agg); err != nil || v != seq {
@@ -163,8 +162,8 @@ func TestLastSequence(t *testing.T) {
 	var last uint64
 	for range 3 {
 		id := uuid.New()
-		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []domain.Expectation{{Aggregate: events.UserAggregate(id)}},
-			[]domain.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "A"})})
+		seq, err := st.Append(ctx, events.Metadata{Actor: "system"}, []events.Expectation{{Aggregate: events.UserAggregate(id)}},
+			[]events.Change{change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: id.String() + "@b.co", Name: "A"})})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@ type adminUserJSON struct {
 
 // requireAdmin lets administrators through: the caller's user row, loaded by the user id its
 // credential belongs to, carries the admin flag. A revocation drops the cached credentials on
-// every instance (projections.CredentialCache), so it takes effect on the next request.
+// every instance (credcache.Cache), so it takes effect on the next request.
 func (a *API) requireAdmin(c *gin.Context) {
 	if !caller(c).user.Admin {
 		a.abort(c, fail("scope_not_granted", "this endpoint is for administrators"))

@@ -9,6 +9,7 @@ import (
 	"github.com/gin-gonic/gin"
 
 	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -109,7 +110,7 @@ func classify(err error) (*apiError, bool) {
 		return fail("invalid_api_token", "the session has ended"), false
 	case errors.Is(err, domain.ErrEmailTaken):
 		return fail("email_taken", "an account with this email already exists"), false
-	case errors.Is(err, domain.ErrConcurrentModification), errors.Is(err, domain.ErrVersionConflict):
+	case errors.Is(err, domain.ErrConcurrentModification), errors.Is(err, events.ErrVersionConflict):
 		return fail("concurrent_modification", "the resource kept changing while this request was applied; retry it"), false
 	case errors.Is(err, domain.ErrInvalidCredentials):
 		return fail("invalid_credentials", "wrong email or password"), false
@@ -119,7 +120,7 @@ func classify(err error) (*apiError, bool) {
 		return fail("idempotency_key_reused", "this Idempotency-Key was used for a different request"), false
 	case errors.Is(err, projections.ErrNotFound):
 		return fail("not_found", "not found"), false
-	case errors.Is(err, domain.ErrUnavailable), errors.As(err, &ue),
+	case errors.Is(err, events.ErrUnavailable), errors.As(err, &ue),
 		errors.Is(err, context.DeadlineExceeded):
 		return fail("service_unavailable", "the service is temporarily unavailable; retry with backoff"), true
 	}

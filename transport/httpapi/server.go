@@ -39,7 +39,7 @@ type Barrier interface {
 }
 
 // Fence waits, after a write changed a profile or took credentials away, until no instance
-// can still answer from memory as of before the write (projections.CredentialCache.Fence).
+// can still answer from memory as of before the write (credcache.Cache.Fence).
 type Fence interface {
 	Fence(ctx context.Context, seq uint64, acked time.Time) error
 }

@@ -1,19 +1,17 @@
-package projections
+package eventstore_test
 
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
+	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/events/eventstoretest"
 )
 
@@ -32,27 +30,17 @@ func publishN(t *testing.T, js jetstream.JetStream, n int) uint64 {
 	return last
 }
 
-func newTestFeed(js jetstream.JetStream, batch int) *feed {
-	s := &streamSubscriber{
-		js: js, stream: events.StreamName, maxBatch: batch, backoff: 10 * time.Millisecond,
-		logger: watermill.NewSlogLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), closing: make(chan struct{}), nudge: make(chan struct{}, 1),
-	}
-	f := &feed{s: s, topic: events.SubjectRoot + ".>", in: make(chan rawEvent, 4*batch)}
-	f.lastAt.Store(time.Now().UnixNano())
-	return f
-}
-
 // collect reads from the feed until it handed on `last`, and checks every sequence from
 // first to last came exactly once and in order.
-func collect(t *testing.T, f *feed, first, last uint64, within time.Duration) {
+func collect(t *testing.T, f *eventstore.Subscription, first, last uint64, within time.Duration) {
 	t.Helper()
 	want := first
 	deadline := time.After(within)
 	for want <= last {
 		select {
-		case ev := <-f.in:
-			if ev.seq != want {
-				t.Fatalf("feed handed on sequence %d, want %d", ev.seq, want)
+		case ev := <-f.In():
+			if ev.Seq != want {
+				t.Fatalf("feed handed on sequence %d, want %d", ev.Seq, want)
 			}
 			want++
 		case <-deadline:
@@ -60,8 +48,8 @@ func collect(t *testing.T, f *feed, first, last uint64, within time.Duration) {
 		}
 	}
 	select {
-	case ev := <-f.in:
-		t.Fatalf("feed handed on %d after the last event %d", ev.seq, last)
+	case ev := <-f.In():
+		t.Fatalf("feed handed on %d after the last event %d", ev.Seq, last)
 	case <-time.After(50 * time.Millisecond):
 	}
 }
@@ -73,23 +61,23 @@ func TestFeedBridgesALostConsumer(t *testing.T) {
 	st, _ := eventstoretest.Start(t, embedded.Config{})
 	js := st.JetStream()
 	last := publishN(t, js, 1200)
-	f := newTestFeed(js, 100)
-	defer f.s.Close()
+	f := eventstore.NewTestSubscription(js, 100)
+	defer f.Feed().Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() { f.bridge(ctx) })
+	wg.Go(func() { f.Bridge(ctx) })
 	defer wg.Wait()
 	defer cancel()
 
 	start := time.Now()
-	f.s.waitingFor(last)
+	f.Feed().WaitingFor(last)
 	collect(t, f, 1, last, 5*time.Second)
 	t.Logf("bridged %d events in %s", last, time.Since(start).Round(time.Millisecond))
 
 	// Appended later and nobody waits: the periodic probe still picks them up.
 	more := publishN(t, js, 10)
-	collect(t, f, last+1, more, 3*probeEvery)
+	collect(t, f, last+1, more, 3*eventstore.ProbeEvery)
 }
 
 // TestFeedTwoSourcesHandOnEachEventOnce: a consumer and direct reads running at the same time
@@ -98,11 +86,11 @@ func TestFeedTwoSourcesHandOnEachEventOnce(t *testing.T) {
 	st, _ := eventstoretest.Start(t, embedded.Config{})
 	js := st.JetStream()
 	last := publishN(t, js, 2000)
-	f := newTestFeed(js, 50)
-	defer f.s.Close()
+	f := eventstore.NewTestSubscription(js, 50)
+	defer f.Feed().Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	cc, err := f.consume(ctx)
+	cc, err := f.Consume(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,8 +98,8 @@ func TestFeedTwoSourcesHandOnEachEventOnce(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 3 {
 		wg.Go(func() {
-			for f.lastSeen.Load() < last && ctx.Err() == nil {
-				if _, err := f.readDirect(ctx); err != nil && ctx.Err() == nil {
+			for f.LastSeen() < last && ctx.Err() == nil {
+				if _, err := f.ReadDirect(ctx); err != nil && ctx.Err() == nil {
 					t.Error(err)
 					return
 				}

@@ -1,4 +1,4 @@
-package projections
+package credcache
 
 import (
 	"context"
@@ -11,19 +11,21 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections"
 )
 
-// CredentialCache answers credential lookups (token digest → token and user) from memory,
+// Cache answers credential lookups (token digest → token and user) from memory,
 // without giving up "a revoked token stops working at once" — on this instance or any other.
 //
-// Three rules make a cached answer as good as a database read:
+// Three rules make a cached answer as good as a database read (docs/credential-cache.md):
 //
 //   - Invalidation. The projector's feed tells the cache of every event as soon as it arrives,
-//     before it is decoded or applied (Projector.OnArrival); an event of a user drops that
-//     user's entries, except one that only adds a credential (a token created, a session
-//     started), which leaves the others as they were, and one that only changes the profile
-//     (a rename), which keeps the credentials but marks their profile stale (User reads it
-//     again, and refreshes the entries once the read model has it). A database read that
+//     before it is decoded or applied (projections.Projector.OnArrival); an event of a user
+//     drops that user's entries, except one that only adds a credential (a token created, a
+//     session started), which leaves the others as they were, and one that only changes the
+//     profile (a rename), which keeps the credentials but marks their profile stale (User reads
+//     it again, and refreshes the entries once the read model has it). A database read that
 //     raced with an arrival is not cached: an entry is stored only if its user row's version
 //     is not older than the last event that arrived for that user, and that event is
 //     remembered until the read model has applied it (and seenFor longer), however long the
@@ -37,9 +39,9 @@ import (
 //     within a fraction of a second rather than going on from memory.)
 //     Renewal happens on demand, one at a time, so an idle service asks nothing; a busy one
 //     renews once a quarter of the lease has passed, so a renewal has three quarters of it to
-//     finish before the lease lapses (on two saturated cores a renewal — a leader round trip
-//     and a few goroutine wake-ups — took more than half of a 10 ms lease a few percent of the
-//     time, and every request in the gap went to the database).
+//     finish before the lease lapses: on saturated cores a renewal (a leader round trip and a
+//     few goroutine wake-ups) can take a good part of a short lease, and every request in the
+//     gap goes to the database.
 //   - Commit wait. A write that changes cached data (rename, revoke, log out, delete) answers no
 //     sooner than Lease after its append was acknowledged (Fence). Any lease still valid then
 //     was taken after the append, when L already covered it, so no instance can answer from an
@@ -49,8 +51,8 @@ import (
 //
 // While the stream leader cannot be asked, or the feed lags, leases lapse and lookups go to
 // the database: the cache degrades to no cache, never to stale answers.
-type CredentialCache struct {
-	cfg  CacheConfig
+type Cache struct {
+	cfg  Config
 	base time.Time // monotonic origin of leaseEnd
 
 	leaseEnd atomic.Int64 // nanoseconds since base at which the lease ends (0: none)
@@ -58,7 +60,7 @@ type CredentialCache struct {
 	renewing chan struct{} // closed when the renewal in flight ends; nil when none
 
 	mu      sync.Mutex
-	entries map[cacheKey]Credential
+	entries map[cacheKey]projections.Credential
 	byUser  map[uuid.UUID][]cacheKey
 	seen    map[uuid.UUID]seenEvent // last event seen per user, kept for seenFor
 	pruneAt time.Time
@@ -88,16 +90,16 @@ const (
 	dbFresh = 3 * pingEvery
 )
 
-// CacheConfig configures a CredentialCache. Zero values take defaults.
-type CacheConfig struct {
+// Config configures a Cache. Zero values take defaults.
+type Config struct {
 	// ReadModel answers misses (required).
-	ReadModel *ReadModel
+	ReadModel *projections.ReadModel
 	// Head returns the stream's last sequence as its leader knows it — not a replica that
 	// may lag (required; eventstore.Store.LastSequence).
 	Head func(ctx context.Context) (uint64, error)
 	// Projection is the local projector: its feed tells the cache of every event as it
 	// arrives, and it tells how far the read model is (required).
-	Projection CacheProjection
+	Projection Projection
 	// Ping checks that the database answers (required); the cache calls it every pingEvery.
 	// Give it a connection of its own, so a busy pool does not make a live database look dead.
 	Ping func(ctx context.Context) error
@@ -107,7 +109,7 @@ type CacheConfig struct {
 	// MaxEntries bounds the cache (default 100,000 credentials).
 	MaxEntries int
 	// Peers, if set, tells whether this instance may take leases and whether it is alone
-	// (eventstore.Presence); nil: leases need no registration and every write waits.
+	// (Presence); nil: leases need no registration and every write waits.
 	Peers Peers
 }
 
@@ -119,16 +121,16 @@ type Peers interface {
 	Alone() bool
 }
 
-// CacheProjection is what the cache needs from the projector.
-type CacheProjection interface {
+// Projection is what the cache needs from the projector.
+type Projection interface {
 	// OnArrival registers f to see every event of the feed as it arrives, and every start of
-	// the feed, in stream order (Projector.OnArrival).
-	OnArrival(f func(Arrival))
+	// the feed, in stream order (projections.Projector.OnArrival).
+	OnArrival(f func(eventstore.Arrival))
 	// Position is the sequence the read model includes now.
 	Position() uint64
 }
 
-func (c *CacheConfig) fill() {
+func (c *Config) fill() {
 	if c.Lease <= 0 {
 		c.Lease = 15 * time.Millisecond
 	}
@@ -138,9 +140,9 @@ func (c *CacheConfig) fill() {
 }
 
 // Validate reports a configuration that cannot work.
-func (c CacheConfig) Validate() error {
+func (c Config) Validate() error {
 	if c.ReadModel == nil || c.Head == nil || c.Projection == nil || c.Ping == nil {
-		return errors.New("projections: CacheConfig needs ReadModel, Head, Projection and Ping")
+		return errors.New("credcache: Config needs ReadModel, Head, Projection and Ping")
 	}
 	return nil
 }
@@ -160,16 +162,16 @@ type seenEvent struct {
 // timeout is 10s).
 const seenFor = 30 * time.Second
 
-// NewCredentialCache returns a cache registered with the projection. Create it before the
+// New returns a cache registered with the projection. Create it before the
 // projector runs, so it sees every event.
-func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
+func New(cfg Config) (*Cache, error) {
 	cfg.fill()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	c := &CredentialCache{
+	c := &Cache{
 		cfg: cfg, base: time.Now(),
-		entries: map[cacheKey]Credential{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
+		entries: map[cacheKey]projections.Credential{}, byUser: map[uuid.UUID][]cacheKey{}, seen: map[uuid.UUID]seenEvent{},
 	}
 	// Everything up to the projector's position is in the database already; the cache is
 	// empty, so there is nothing of it to invalidate.
@@ -182,7 +184,7 @@ func NewCredentialCache(cfg CacheConfig) (*CredentialCache, error) {
 }
 
 // checkDB pings the database every pingEvery until Close.
-func (c *CredentialCache) checkDB() {
+func (c *Cache) checkDB() {
 	defer close(c.stopped)
 	tick := time.NewTicker(pingEvery)
 	defer tick.Stop()
@@ -201,7 +203,7 @@ func (c *CredentialCache) checkDB() {
 }
 
 // Close stops the database health check; lookups go on, without leases.
-func (c *CredentialCache) Close() {
+func (c *Cache) Close() {
 	c.closeOnce.Do(func() {
 		close(c.stop)
 		<-c.stopped
@@ -210,16 +212,16 @@ func (c *CredentialCache) Close() {
 }
 
 // APITokenByDigest resolves a live API token's digest, from memory when that is safe.
-func (c *CredentialCache) APITokenByDigest(ctx context.Context, digest string) (Credential, error) {
+func (c *Cache) APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error) {
 	return c.lookup(ctx, cacheKey{digest: digest}, c.cfg.ReadModel.APITokenByDigest)
 }
 
 // SessionByDigest resolves a live session token's digest, from memory when that is safe.
-func (c *CredentialCache) SessionByDigest(ctx context.Context, digest string) (Credential, error) {
+func (c *Cache) SessionByDigest(ctx context.Context, digest string) (projections.Credential, error) {
 	return c.lookup(ctx, cacheKey{session: true, digest: digest}, c.cfg.ReadModel.SessionByDigest)
 }
 
-func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(context.Context, string) (Credential, error)) (Credential, error) {
+func (c *Cache) lookup(ctx context.Context, k cacheKey, load func(context.Context, string) (projections.Credential, error)) (projections.Credential, error) {
 	c.mu.Lock()
 	_, ok := c.entries[k]
 	c.mu.Unlock()
@@ -253,7 +255,7 @@ func (c *CredentialCache) lookup(ctx context.Context, k cacheKey, load func(cont
 // User reads a user's profile from the read model — for a credential whose ProfileStale is
 // set — and refreshes the cached credentials of that user with it when it includes every
 // event of the user that arrived.
-func (c *CredentialCache) User(ctx context.Context, id uuid.UUID) (UserRow, error) {
+func (c *Cache) User(ctx context.Context, id uuid.UUID) (projections.UserRow, error) {
 	resets := c.resets.Load()
 	u, err := c.cfg.ReadModel.User(ctx, id)
 	if err != nil {
@@ -276,7 +278,7 @@ func (c *CredentialCache) User(ctx context.Context, id uuid.UUID) (UserRow, erro
 
 // store caches cred, read from the database after the feed's resets-th restart, unless an
 // event of its user newer than the row arrived meanwhile or the feed restarted since.
-func (c *CredentialCache) store(k cacheKey, cred Credential, resets uint64) {
+func (c *Cache) store(k cacheKey, cred projections.Credential, resets uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if s, ok := c.seen[cred.User.ID]; ok && s.seq > cred.User.Version {
@@ -298,7 +300,7 @@ func (c *CredentialCache) store(k cacheKey, cred Credential, resets uint64) {
 }
 
 // evict drops one entry and its index; c.mu is held.
-func (c *CredentialCache) evict(k cacheKey) {
+func (c *Cache) evict(k cacheKey) {
 	cred, ok := c.entries[k]
 	if !ok {
 		return
@@ -320,7 +322,7 @@ func (c *CredentialCache) evict(k cacheKey) {
 
 // arrive drops the entries of the user an arriving event concerns, unless the event only adds
 // a credential; a restart of the feed that skipped events drops every entry.
-func (c *CredentialCache) arrive(a Arrival) {
+func (c *Cache) arrive(a eventstore.Arrival) {
 	now := time.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -375,7 +377,7 @@ func (c *CredentialCache) arrive(a Arrival) {
 }
 
 // advance moves observed to seq and wakes renewals waiting for it; c.mu is held.
-func (c *CredentialCache) advance(seq uint64) {
+func (c *Cache) advance(seq uint64) {
 	c.observed.Store(seq)
 	c.observedMu.Lock()
 	close(c.observedCh)
@@ -384,7 +386,7 @@ func (c *CredentialCache) advance(seq uint64) {
 }
 
 // waitObserved returns once every event up to seq has arrived.
-func (c *CredentialCache) waitObserved(ctx context.Context, seq uint64) error {
+func (c *Cache) waitObserved(ctx context.Context, seq uint64) error {
 	for c.observed.Load() < seq {
 		c.observedMu.Lock()
 		ch := c.observedCh
@@ -431,7 +433,7 @@ func userEventOf(subject string) (uuid.UUID, string, bool) {
 }
 
 // current reports whether the cache holds a lease, renewing it if needed.
-func (c *CredentialCache) current(ctx context.Context) bool {
+func (c *Cache) current(ctx context.Context) bool {
 	now, end := time.Since(c.base).Nanoseconds(), c.leaseEnd.Load()
 	if now < end {
 		if end-now < c.cfg.Lease.Nanoseconds()*3/4 {
@@ -450,7 +452,7 @@ func (c *CredentialCache) current(ctx context.Context) bool {
 
 // startRenewal starts a renewal unless one is in flight, and returns the channel closed
 // when the one in flight ends.
-func (c *CredentialCache) startRenewal() chan struct{} {
+func (c *Cache) startRenewal() chan struct{} {
 	c.renewMu.Lock()
 	defer c.renewMu.Unlock()
 	if c.renewing == nil {
@@ -461,7 +463,7 @@ func (c *CredentialCache) startRenewal() chan struct{} {
 }
 
 // renew takes a lease if every event up to the leader's last sequence arrives in time.
-func (c *CredentialCache) renew(done chan struct{}) {
+func (c *Cache) renew(done chan struct{}) {
 	defer func() {
 		c.renewMu.Lock()
 		c.renewing = nil
@@ -498,7 +500,7 @@ func (c *CredentialCache) renew(done chan struct{}) {
 // Fence waits until no instance can answer from an entry that a write, stored at seq and
 // acknowledged at acked, made stale: the commit wait of the lease rule. An instance alone
 // (Peers) only makes sure its own entries are gone: the write's event has arrived here.
-func (c *CredentialCache) Fence(ctx context.Context, seq uint64, acked time.Time) error {
+func (c *Cache) Fence(ctx context.Context, seq uint64, acked time.Time) error {
 	c.fences.Add(1)
 	if c.cfg.Peers != nil && c.cfg.Peers.Alone() {
 		if err := c.waitObserved(ctx, seq); err != nil {
@@ -521,8 +523,8 @@ func (c *CredentialCache) Fence(ctx context.Context, seq uint64, acked time.Time
 	}
 }
 
-// CacheStats are the cache's counters since it started.
-type CacheStats struct {
+// Stats are the cache's counters since it started.
+type Stats struct {
 	Entries int
 	// Hits were answered from memory; Misses went to the database; Lapsed were in memory but
 	// went to the database because no lease could be taken.
@@ -535,10 +537,10 @@ type CacheStats struct {
 }
 
 // Stats returns the cache's counters.
-func (c *CredentialCache) Stats() CacheStats {
+func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	n := len(c.entries)
 	c.mu.Unlock()
-	return CacheStats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load(),
+	return Stats{Entries: n, Hits: c.hits.Load(), Misses: c.misses.Load(), Lapsed: c.lapsed.Load(),
 		Renewals: c.renewals.Load(), Failed: c.failed.Load(), Fences: c.fences.Load(), Skipped: c.skipped.Load()}
 }

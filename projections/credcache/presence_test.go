@@ -1,4 +1,4 @@
-package eventstore_test
+package credcache_test
 
 import (
 	"context"
@@ -9,21 +9,21 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/identityd/identityd/events/embedded"
-	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/events/eventstoretest"
+	"github.com/identityd/identityd/projections/credcache"
 )
 
 // fastPresence is PresenceConfig with timings short enough for tests, keeping the defaults'
 // proportions.
-func fastPresence(nc *nats.Conn) eventstore.PresenceConfig {
-	return eventstore.PresenceConfig{Conn: nc, TTL: 1500 * time.Millisecond, Refresh: 200 * time.Millisecond,
+func fastPresence(nc *nats.Conn) credcache.PresenceConfig {
+	return credcache.PresenceConfig{Conn: nc, TTL: 1500 * time.Millisecond, Refresh: 200 * time.Millisecond,
 		Grace: 600 * time.Millisecond, Margin: 100 * time.Millisecond, ViewEvery: 100 * time.Millisecond,
 		Timeout: 300 * time.Millisecond}
 }
 
-func openPresence(t *testing.T, nc *nats.Conn) *eventstore.Presence {
+func openPresence(t *testing.T, nc *nats.Conn) *credcache.Presence {
 	t.Helper()
-	p, err := eventstore.OpenPresence(context.Background(), fastPresence(nc))
+	p, err := credcache.OpenPresence(context.Background(), fastPresence(nc))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,15 +142,15 @@ func TestPresenceAdoptsTheRegistrysTTL(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
 	openPresence(t, connect(t, srv)) // creates the registry with a 1.5s TTL
 	// Timings that fit a 10s TTL but not the registry's 1.5s: refused, not silently unsafe.
-	cfg := eventstore.PresenceConfig{Conn: connect(t, srv), TTL: 10 * time.Second}
-	if _, err := eventstore.OpenPresence(context.Background(), cfg); err == nil {
+	cfg := credcache.PresenceConfig{Conn: connect(t, srv), TTL: 10 * time.Second}
+	if _, err := credcache.OpenPresence(context.Background(), cfg); err == nil {
 		t.Fatal("timings that do not fit the registry's TTL were accepted")
 	}
 }
 
 func TestPresenceDefaults(t *testing.T) {
 	_, srv := eventstoretest.Start(t, embedded.Config{})
-	p, err := eventstore.OpenPresence(context.Background(), eventstore.PresenceConfig{Conn: connect(t, srv)})
+	p, err := credcache.OpenPresence(context.Background(), credcache.PresenceConfig{Conn: connect(t, srv)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,12 +161,12 @@ func TestPresenceDefaults(t *testing.T) {
 }
 
 func TestPresenceConfigValidate(t *testing.T) {
-	for name, cfg := range map[string]eventstore.PresenceConfig{
+	for name, cfg := range map[string]credcache.PresenceConfig{
 		"no connection":            {TTL: time.Second},
 		"refresh too slow for TTL": {Conn: &nats.Conn{}, TTL: 3 * time.Second, Refresh: 2 * time.Second, Margin: time.Second, Timeout: time.Second, Grace: 3 * time.Second, ViewEvery: 100 * time.Millisecond},
 		"view too slow for grace":  {Conn: &nats.Conn{}, TTL: 10 * time.Second, Refresh: time.Second, Margin: time.Second, Timeout: time.Second, Grace: 2 * time.Second, ViewEvery: 500 * time.Millisecond},
 	} {
-		if _, err := eventstore.OpenPresence(context.Background(), cfg); err == nil {
+		if _, err := credcache.OpenPresence(context.Background(), cfg); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}

@@ -1,8 +1,12 @@
-package projections
+package credcache
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +16,9 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/events/eventstore"
+	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/dbtest"
 )
 
 // cacheProjection is the projector as the cache sees it: events arrive (the observers hear of
@@ -22,10 +29,10 @@ type cacheProjection struct {
 	mu      sync.Mutex
 	pos     uint64 // the read model's position
 	arrived uint64 // the last sequence that arrived
-	fns     []func(Arrival)
+	fns     []func(eventstore.Arrival)
 }
 
-func (p *cacheProjection) OnArrival(f func(Arrival)) { p.fns = append(p.fns, f) }
+func (p *cacheProjection) OnArrival(f func(eventstore.Arrival)) { p.fns = append(p.fns, f) }
 
 func (p *cacheProjection) Position() uint64 {
 	p.mu.Lock()
@@ -42,7 +49,7 @@ func (p *cacheProjection) arrive(evs ...events.Event) []events.Envelope {
 	batch := envelopes(first, evs...)
 	for _, e := range batch {
 		for _, f := range p.fns {
-			f(Arrival{Seq: e.Sequence, Subject: e.NATSSubj})
+			f(eventstore.Arrival{Seq: e.Sequence, Subject: e.NATSSubj})
 		}
 	}
 	return batch
@@ -51,7 +58,7 @@ func (p *cacheProjection) arrive(evs ...events.Event) []events.Envelope {
 // apply writes a batch that arrived to the read model and moves the position.
 func (p *cacheProjection) apply(batch []events.Envelope) uint64 {
 	p.t.Helper()
-	pos, err := applyBatch(context.Background(), p.db, CurrentTables, batch)
+	pos, err := projections.ApplyBatch(context.Background(), p.db, projections.CurrentTables, batch)
 	if err != nil {
 		p.t.Fatal(err)
 	}
@@ -69,19 +76,19 @@ func (p *cacheProjection) deliver(evs ...events.Event) uint64 {
 
 type cacheWorld struct {
 	proj   *cacheProjection
-	cache  *CredentialCache
+	cache  *Cache
 	head   atomic.Uint64 // what the stream leader says
 	dbDown atomic.Bool   // the health check fails
 	user   uuid.UUID
 	tok    events.TokenCreated
 }
 
-func newCacheWorld(t *testing.T, b testBackend, lease time.Duration) *cacheWorld {
-	db, _ := newSchemaDB(t, b, CurrentTables)
+func newCacheWorld(t *testing.T, b dbtest.Backend, lease time.Duration) *cacheWorld {
+	db := newSchemaDB(t, b)
 	w := &cacheWorld{proj: &cacheProjection{t: t, db: db}, user: uuid.New()}
 	var err error
-	w.cache, err = NewCredentialCache(CacheConfig{
-		ReadModel:  NewReadModel(db, CurrentTables),
+	w.cache, err = New(Config{
+		ReadModel:  projections.NewReadModel(db, projections.CurrentTables),
 		Head:       func(context.Context) (uint64, error) { return w.head.Load(), nil },
 		Projection: w.proj, Lease: lease, MaxEntries: 3,
 		Ping: func(ctx context.Context) error {
@@ -103,14 +110,14 @@ func newCacheWorld(t *testing.T, b testBackend, lease time.Duration) *cacheWorld
 	return w
 }
 
-func (w *cacheWorld) lookup(t *testing.T) (Credential, error) {
+func (w *cacheWorld) lookup(t *testing.T) (projections.Credential, error) {
 	t.Helper()
 	return w.cache.APITokenByDigest(context.Background(), w.tok.Digest)
 }
 
 func TestCredentialCache(t *testing.T) {
-	for _, b := range testBackends {
-		t.Run(b.name, func(t *testing.T) {
+	for _, b := range dbtest.Backends {
+		t.Run(b.Name, func(t *testing.T) {
 			t.Parallel()
 
 			t.Run("a second lookup is answered from memory", func(t *testing.T) {
@@ -131,7 +138,7 @@ func TestCredentialCache(t *testing.T) {
 					t.Fatal(err)
 				}
 				w.head.Store(w.proj.deliver(events.TokenRevoked{Versioned: events.V(), UserID: w.user, TokenID: w.tok.TokenID}))
-				if _, err := w.lookup(t); !errors.Is(err, ErrNotFound) {
+				if _, err := w.lookup(t); !errors.Is(err, projections.ErrNotFound) {
 					t.Fatalf("revoked token: %v, want ErrNotFound", err)
 				}
 			})
@@ -307,7 +314,7 @@ func TestCredentialCache(t *testing.T) {
 					t.Fatalf("stats %+v, want no hit and nothing kept", s)
 				}
 				w.proj.apply(batch)
-				if _, err := w.lookup(t); !errors.Is(err, ErrNotFound) {
+				if _, err := w.lookup(t); !errors.Is(err, projections.ErrNotFound) {
 					t.Fatalf("revoked token: %v, want ErrNotFound", err)
 				}
 			})
@@ -381,7 +388,7 @@ func TestCredentialCache(t *testing.T) {
 				pos := w.proj.pos
 				w.proj.mu.Unlock()
 				for _, f := range w.proj.fns {
-					f(Arrival{Seq: pos, Restart: true})
+					f(eventstore.Arrival{Seq: pos, Restart: true})
 				}
 				w.head.Store(pos)
 				w.cache.store(cacheKey{digest: w.tok.Digest}, cred, resets) // a read begun before
@@ -411,7 +418,7 @@ func TestCredentialCache(t *testing.T) {
 }
 
 func TestCredentialCacheFenceWaitsOutTheLease(t *testing.T) {
-	w := newCacheWorld(t, testBackends[1], 40*time.Millisecond)
+	w := newCacheWorld(t, dbtest.Backends[1], 40*time.Millisecond)
 	acked := time.Now()
 	if err := w.cache.Fence(context.Background(), 0, acked); err != nil {
 		t.Fatal(err)
@@ -433,7 +440,7 @@ func (p *fakePeers) MayLease() bool { return p.mayLease.Load() }
 func (p *fakePeers) Alone() bool    { return p.alone.Load() }
 
 func TestCredentialCacheWithPeers(t *testing.T) {
-	w := newCacheWorld(t, testBackends[1], 5*time.Millisecond)
+	w := newCacheWorld(t, dbtest.Backends[1], 5*time.Millisecond)
 	peers := &fakePeers{}
 	w.cache.cfg.Peers = peers
 	time.Sleep(10 * time.Millisecond) // the lease taken before peers were set ran out
@@ -481,4 +488,102 @@ func TestCredentialCacheWithPeers(t *testing.T) {
 			t.Fatalf("alone, the event arrived: %v", err)
 		}
 	})
+}
+
+// Administrator rights narrow or widen what a credential may do, so their events must drop the
+// user's cached credentials (like a revocation), never keep them (addsCredential) or keep them
+// with only the profile marked stale (profileOnly): the next lookup reads the admin flag anew.
+func TestCredentialCacheDropsEntriesOnAdminEvents(t *testing.T) {
+	for _, typ := range []events.Type{events.TypeAdminGranted, events.TypeAdminRevoked} {
+		if addsCredential[subjectToken(typ)] || profileOnly[subjectToken(typ)] {
+			t.Errorf("%s must drop cached credentials, not keep them", typ)
+		}
+	}
+	for _, b := range dbtest.Backends {
+		t.Run(b.Name, func(t *testing.T) {
+			t.Parallel()
+			w := newCacheWorld(t, b, time.Minute)
+			lookup := func(want bool) {
+				t.Helper()
+				c, err := w.lookup(t)
+				if err != nil || c.User.Admin != want {
+					t.Fatalf("lookup = %+v, %v; want admin %v", c.User, err, want)
+				}
+			}
+			lookup(false)
+			w.head.Store(w.proj.deliver(events.AdminGranted{Versioned: events.V(), UserID: w.user}))
+			lookup(true)
+			lookup(true) // cached again
+			misses := w.cache.Stats().Misses
+			w.head.Store(w.proj.deliver(events.AdminRevoked{Versioned: events.V(), UserID: w.user}))
+			lookup(false)
+			if s := w.cache.Stats(); s.Misses != misses+1 {
+				t.Fatalf("stats %+v: the revocation must send the next lookup to the database", s)
+			}
+		})
+	}
+}
+
+// --- The projector's part, played by the test ------------------------------------------------
+
+// newSchemaDB is a fresh database of the backend with the current tables.
+func newSchemaDB(t testing.TB, b dbtest.Backend) *bun.DB {
+	t.Helper()
+	db := dbtest.Open(t, b.URL(t))
+	if err := projections.CreateSchema(context.Background(), db, projections.CurrentTables); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// Times are whole microseconds (PostgreSQL keeps no more) and event times are given in a zone
+// other than UTC, so the read model stores instants, not wall clocks.
+var (
+	t0   = time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
+	zone = time.FixedZone("UTC+5:30", 5*3600+30*60)
+)
+
+// envelopes numbers events from stream sequence first on, as the feed delivers them.
+func envelopes(first uint64, evs ...events.Event) []events.Envelope {
+	out := make([]events.Envelope, len(evs))
+	for i, ev := range evs {
+		seq := first + uint64(i)
+		out[i] = events.Envelope{
+			ID:       fmt.Sprintf("event-%d", seq),
+			Type:     ev.EventType(),
+			Subject:  ev.Aggregate().String(),
+			Time:     t0.Add(time.Duration(seq) * time.Second).In(zone),
+			Metadata: events.Metadata{Actor: "system"},
+			Data:     ev,
+			Sequence: seq,
+			NATSSubj: events.Subject(ev),
+		}
+	}
+	return out
+}
+
+func digestOf(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+func registered(id uuid.UUID, name string) events.UserRegistered {
+	return events.UserRegistered{
+		Versioned: events.V(), UserID: id, Email: strings.ToLower(name) + "@example.com",
+		Name: name, PersonalOrgSlug: strings.ToLower(name), RegisteredAt: t0.Add(-time.Duration(id[0]) * time.Minute).In(zone),
+	}
+}
+
+func tokenCreated(user, id uuid.UUID, created time.Time, expires *time.Time) events.TokenCreated {
+	return events.TokenCreated{
+		Versioned: events.V(), UserID: user, TokenID: id, Description: "token " + id.String()[34:],
+		Digest: digestOf("token-secret-" + id.String()), CreatedAt: created.In(zone), ExpiresAt: expires,
+	}
+}
+
+func sessionStarted(user, id uuid.UUID, started time.Time) events.SessionStarted {
+	return events.SessionStarted{
+		Versioned: events.V(), UserID: user, SessionID: id, Digest: digestOf("session-secret-" + id.String()),
+		StartedAt: started.In(zone), ExpiresAt: started.Add(24 * time.Hour).In(zone),
+	}
 }

@@ -1,4 +1,4 @@
-package eventstore
+package credcache
 
 import (
 	"context"
@@ -13,11 +13,13 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/identityd/identityd/events/eventstore"
 )
 
 // Presence registers this identityd instance in a small JetStream stream, one subject per
 // instance, and reads who else is registered. It lets the credential cache's commit wait be
-// skipped when no other instance can hold a lease (projections.Peers):
+// skipped when no other instance can hold a lease (Peers):
 //
 //   - An instance takes leases only while it is registered: its first registration was
 //     acknowledged at least Grace ago, and its last one was sent less than TTL-Margin ago
@@ -126,11 +128,11 @@ func (c *PresenceConfig) fill() {
 func (c PresenceConfig) Validate() error {
 	switch {
 	case c.Conn == nil:
-		return errors.New("eventstore: PresenceConfig needs Conn")
+		return errors.New("credcache: PresenceConfig needs Conn")
 	case c.Refresh+c.Timeout >= c.TTL-c.Margin:
-		return errors.New("eventstore: presence Refresh + Timeout must be shorter than TTL - Margin")
+		return errors.New("credcache: presence Refresh + Timeout must be shorter than TTL - Margin")
 	case c.ViewEvery+c.Timeout >= c.Grace-c.Margin:
-		return errors.New("eventstore: presence ViewEvery + Timeout must be shorter than Grace - Margin")
+		return errors.New("credcache: presence ViewEvery + Timeout must be shorter than Grace - Margin")
 	}
 	return nil
 }
@@ -265,9 +267,9 @@ func (p *Presence) view(ctx context.Context) {
 			// NumSubjects counts every subject even when the list is cut short.
 			NumSubjects int `json:"num_subjects"`
 		} `json:"state"`
-		Cluster *clusterInfo `json:"cluster"`
+		Cluster *eventstore.ClusterInfo `json:"cluster"`
 	}
-	if json.Unmarshal(m.Data, &resp) != nil || resp.Error != nil || resp.State == nil || !resp.Cluster.fromLeader() {
+	if json.Unmarshal(m.Data, &resp) != nil || resp.Error != nil || resp.State == nil || !resp.Cluster.FromLeader() {
 		return // no view: Alone turns false once the last one is too old
 	}
 	listed, left := map[string]bool{}, map[string]bool{}
@@ -319,7 +321,7 @@ func (p *Presence) publish(ctx context.Context, subj string) error {
 		} `json:"error"`
 	}
 	if json.Unmarshal(m.Data, &ack) != nil || ack.Error != nil || ack.Stream != p.cfg.Stream || ack.Seq == 0 {
-		return errors.New("eventstore: presence message not acknowledged by its stream")
+		return errors.New("credcache: presence message not acknowledged by its stream")
 	}
 	return nil
 }
