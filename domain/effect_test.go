@@ -55,7 +55,9 @@ func TestCommandResultsStateTheirEffect(t *testing.T) {
 			r, err := s.CreateToken(ctx, testMeta, id, CreateToken{Description: "ci", IdempotencyKey: "t"})
 			return r.Result, err
 		}, events.EffectAddsCredential},
-		{"change password", func() (Result, error) { return s.ChangePassword(ctx, testMeta, grace.User.ID, "password1", "password2") }, events.EffectNone},
+		{"change password", func() (Result, error) {
+			return s.ChangePassword(ctx, testMeta, grace.User.ID, "password1", "password2")
+		}, events.EffectNone},
 		{"rename", func() (Result, error) { _, r, err := s.Rename(ctx, testMeta, id, "Ada King"); return r, err }, events.EffectProfileOnly},
 		{"rename to the same name", func() (Result, error) { _, r, err := s.Rename(ctx, testMeta, id, "Ada King"); return r, err }, events.EffectProfileOnly},
 		{"grant admin", func() (Result, error) { return s.GrantAdmin(ctx, testMeta, id) }, events.EffectWidensRights},
