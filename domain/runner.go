@@ -72,10 +72,9 @@ type runner[T aggregate] struct {
 	kind        string            // names the aggregate in errors ("user")
 	store       EventStore        // the stream
 	blank       func(uuid.UUID) T // the state before the first event
-	ref         func(uuid.UUID) events.Aggregate
-	notFound    error            // the answer for a command on an aggregate that is not live
-	maxAttempts int              // bounds the decisions after version conflicts
-	now         func() time.Time // the clock events are recorded with
+	notFound    error             // the answer for a command on an aggregate that is not active
+	maxAttempts int               // bounds the decisions after version conflicts
+	now         func() time.Time  // the clock events are recorded with
 	stamp       func(scope string, at time.Time, groups ...[]events.Event) []Change
 	cache       *aggregateCache[T]
 	locks       [1024]sync.Mutex
@@ -252,7 +251,8 @@ func (r *runner[T]) stale(ctx context.Context, a T) bool {
 func (r *runner[T]) load(ctx context.Context, id uuid.UUID, fresh bool) (T, error) {
 	if !fresh {
 		if a, ok := r.cache.get(id); ok {
-			newer, err := r.store.Load(ctx, r.ref(id), a.expectation().Version)
+			x := a.expectation()
+			newer, err := r.store.Load(ctx, x.Aggregate, x.Version)
 			if err != nil {
 				r.cache.drop(id)
 				var zero T
@@ -264,12 +264,12 @@ func (r *runner[T]) load(ctx context.Context, id uuid.UUID, fresh bool) (T, erro
 			return a, nil
 		}
 	}
-	history, err := r.store.Load(ctx, r.ref(id), 0)
+	a := r.blank(id)
+	history, err := r.store.Load(ctx, a.expectation().Aggregate, 0)
 	if err != nil {
 		var zero T
 		return zero, fmt.Errorf("load %s %s: %w", r.kind, id, err)
 	}
-	a := r.blank(id)
 	for _, e := range history {
 		a.follow(e)
 	}

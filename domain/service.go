@@ -139,7 +139,7 @@ func NewService(store EventStore, cfg ServiceConfig) (*Service, error) {
 	}
 	s := &Service{store: store, cfg: cfg, secrets: secrets{key: cfg.IdempotencySecret}, dummyPW: dummy}
 	s.users = &runner[*User]{
-		kind: "user", store: store, blank: emptyUser, ref: events.UserAggregate, notFound: ErrUserNotFound,
+		kind: "user", store: store, blank: emptyUser, notFound: ErrUserNotFound,
 		maxAttempts: cfg.MaxAttempts, now: cfg.Now, stamp: s.changes,
 		cache: newAggregateCache[*User](cfg.CacheSize), seed: maphash.MakeSeed(),
 	}
