@@ -26,14 +26,42 @@ type EmailClaim struct {
 func loadEmailClaim(normalized string, history []events.Envelope) *EmailClaim {
 	c := &EmailClaim{agg: events.EmailAggregate(normalized)}
 	for _, e := range history {
-		c.version = e.Sequence // a refused or replayed event holds a position but changes nothing (User.follow)
-		if e.Refusal == nil && e.Continues(c.chain) {
-			c.apply(e.Data)
-			c.chain = e.ChainHash
-		}
+		c.follow(e)
 	}
 	return c
 }
+
+// follow applies one stored event of the claim's history; a refused or replayed event holds a
+// position but changes nothing (User.follow).
+func (c *EmailClaim) follow(e events.Envelope) {
+	c.version = e.Sequence
+	if e.Refusal == nil && e.Continues(c.chain) {
+		c.apply(e.Data)
+		c.chain = e.ChainHash
+	}
+}
+
+// expectation is the condition of the claim's next append: its last event is still the one
+// folded here. A command that reads a claim appends with it even when the claim does not
+// change, so the decision holds only if the claim did not change meanwhile.
+func (c *EmailClaim) expectation() events.Expectation {
+	return events.Expectation{Aggregate: c.agg, Version: c.version, Chain: c.chain}
+}
+
+// pending lists the events decided since the claim was loaded.
+func (c *EmailClaim) pending() []events.Event { return c.changes }
+
+// committed records that the pending events were stored (the last of all stored changes at
+// seq): the claim continues from its own last change.
+func (c *EmailClaim) committed(seq uint64, stored []events.Change) {
+	if v, chain, ok := lastStored(c.agg, seq, stored); ok {
+		c.version, c.chain = v, chain
+	}
+	c.changes = nil
+}
+
+// active reports whether an account holds the address.
+func (c *EmailClaim) active() bool { return c.claimed }
 
 // claim reserves the address for the user; claiming one's own address changes nothing.
 func (c *EmailClaim) claim(user uuid.UUID) error {

@@ -96,24 +96,33 @@ type registration struct {
 
 // newUser registers an account, normalizing and checking email and name.
 func newUser(r registration) (*User, error) {
+	u := emptyUser(r.id)
+	if err := u.register(r); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// register opens the history of a blank user (emptyUser of r.id), normalizing and checking
+// email and name.
+func (u *User) register(r registration) error {
 	email, err := NormalizeEmail(r.email)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	name, err := normalizeName(r.name)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if r.id == uuid.Nil || r.passwordHash == "" {
-		return nil, errors.New("registration needs an id and a password hash")
+	if r.id == uuid.Nil || r.id != u.id || r.passwordHash == "" {
+		return errors.New("registration needs an id and a password hash")
 	}
-	u := emptyUser(r.id)
 	u.raise(events.UserRegistered{
 		Versioned: events.V(), UserID: r.id, Email: email, Name: name,
 		PersonalOrgSlug: personalOrgSlug(name, r.id), RegisteredAt: r.at.UTC(),
 	})
 	u.raise(events.PasswordSet{Versioned: events.V(), UserID: r.id, PasswordHash: r.passwordHash})
-	return u, nil
+	return nil
 }
 
 // personalOrgSlug is a readable, unique slug: the name's slug plus 60 bits of a hash of the
@@ -150,19 +159,26 @@ func (u *User) follow(e events.Envelope) {
 	u.chain = e.ChainHash
 }
 
-// committed records that the pending changes were stored, the last of them at seq.
+// committed records that the pending changes were stored, the last of all stored changes at
+// seq: the user continues from its own last change.
 func (u *User) committed(seq uint64, stored []events.Change) {
-	for i := len(stored) - 1; i >= 0; i-- {
-		if stored[i].Event.Aggregate() == events.UserAggregate(u.id) {
-			u.chain = stored[i].Chain
-			break
-		}
+	if v, chain, ok := lastStored(events.UserAggregate(u.id), seq, stored); ok {
+		u.version, u.chain = v, chain
 	}
-	u.version, u.changes = seq, nil
+	u.changes = nil
 }
 
 // active reports whether the account exists and was not deleted.
 func (u *User) active() bool { return u.exists && !u.deleted }
+
+// expectation is the condition of the user's next append: its last event is still the one
+// folded here.
+func (u *User) expectation() events.Expectation {
+	return events.Expectation{Aggregate: events.UserAggregate(u.id), Version: u.version, Chain: u.chain}
+}
+
+// pending lists the events decided since the last commit.
+func (u *User) pending() []events.Event { return u.changes }
 
 // View returns the public state.
 func (u *User) View() UserView {

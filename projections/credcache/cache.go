@@ -404,20 +404,29 @@ func (c *Cache) waitObserved(ctx context.Context, seq uint64) error {
 }
 
 // addsCredential lists the user events (by their subject's last token) that change nothing a
-// cached credential holds: they only add one. Every other event of a user drops its entries.
-var addsCredential = map[string]bool{
-	subjectToken(events.TypeTokenCreated):   true,
-	subjectToken(events.TypeSessionStarted): true,
-}
+// cached credential holds: they only add one (events.EffectAddsCredential). Every other event
+// of a user drops its entries.
+var addsCredential = subjectTokensWith(events.EffectAddsCredential)
 
 // profileOnly lists the user events that change only profile fields a credential carries
-// (User's name), not whether it authenticates: they mark the user's entries ProfileStale
-// instead of dropping them, so a caller who renames keeps being answered from memory. Only
-// fields no authorization decision reads belong here: administrator rights (the user's admin
-// flag, which httpapi's requireAdmin reads from the credential) change by admin_granted and
-// admin_revoked, which are in neither list, so they drop the entries like a revocation.
-var profileOnly = map[string]bool{
-	subjectToken(events.TypeUserRenamed): true,
+// (events.EffectProfileOnly: the user's name), not whether it authenticates: they mark the
+// user's entries ProfileStale instead of dropping them, so a caller who renames keeps being
+// answered from memory. Only fields no authorization decision reads have that effect:
+// administrator rights (the user's admin flag, which httpapi's requireAdmin reads from the
+// credential) change by admin_granted and admin_revoked, which widen or narrow rights, so they
+// drop the entries like a revocation.
+var profileOnly = subjectTokensWith(events.EffectProfileOnly)
+
+// subjectTokensWith collects the subject tokens of the event types with the effect, from the
+// events package's table: the one place that says what each event does to credentials.
+func subjectTokensWith(effect events.Effect) map[string]bool {
+	out := map[string]bool{}
+	for _, t := range events.Types() {
+		if events.EffectOf(t) == effect {
+			out[subjectToken(t)] = true
+		}
+	}
+	return out
 }
 
 func subjectToken(t events.Type) string { return string(t)[strings.LastIndexByte(string(t), '.')+1:] }

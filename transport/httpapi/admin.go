@@ -83,8 +83,9 @@ func (a *API) grantAdmin(c *gin.Context) {
 		a.adminError(c, err)
 		return
 	}
-	// Cached credentials of the user are dropped on every instance; wait them out like a rename.
-	a.settleChange(c, res.Seq)
+	if !a.settleFor(c, res) {
+		return
+	}
 	c.Status(http.StatusNoContent)
 }
 
@@ -100,7 +101,7 @@ func (a *API) revokeAdmin(c *gin.Context) {
 		a.adminError(c, err)
 		return
 	}
-	if !a.settleRevocation(c, res.Seq) {
+	if !a.settleFor(c, res) {
 		return
 	}
 	c.Status(http.StatusNoContent)

@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/domain"
+	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -47,6 +48,32 @@ func userOf(v domain.UserView) userJSON {
 
 func sessionOf(v domain.SessionView) sessionJSON {
 	return sessionJSON{ID: v.ID, CreatedAt: v.CreatedAt.UTC(), ExpiresAt: v.ExpiresAt.UTC()}
+}
+
+// settleFor waits, before a write answers, as long as the write's effect on credentials
+// requires (domain.Result.Effect, derived from the events the command emitted): it is the one
+// place that chooses the wait, so no handler can pick a weaker one than its write needs.
+//
+//   - no effect, or a new credential (sign-up, log-in, a new token): the read model includes
+//     the write (settle); no cached credential can be stale.
+//   - a profile change or wider rights (rename, admin granted): also the credential cache's
+//     lease on every instance (settleChange), so none answers from the state before the write.
+//   - narrower rights (revoke, log out, delete, admin revoked): as for a change, and until the
+//     write is in effect everywhere the caller gets 503 instead of a premature success
+//     (settleRevocation).
+//
+// It reports whether the handler may answer; when it does not, it has answered the request.
+func (a *API) settleFor(c *gin.Context, res domain.Result) bool {
+	switch res.Effect {
+	case events.EffectNone, events.EffectAddsCredential:
+		a.settle(c, res.Seq)
+		return true
+	case events.EffectProfileOnly, events.EffectWidensRights:
+		a.settleChange(c, res.Seq)
+		return true
+	default:
+		return a.settleRevocation(c, res.Seq)
+	}
 }
 
 // settle waits until the read model includes seq, so the caller's next request (here or on
@@ -127,7 +154,9 @@ func (a *API) signUp(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, out.Seq)
+	if !a.settleFor(c, out.Result) {
+		return
+	}
 	c.JSON(http.StatusCreated, gin.H{"user": userOf(out.User), "session": sessionOf(out.Session), "token": out.Token})
 }
 
@@ -160,7 +189,9 @@ func (a *API) logIn(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, out.Seq)
+	if !a.settleFor(c, out.Result) {
+		return
+	}
 	c.JSON(http.StatusCreated, gin.H{"session": sessionOf(out.Session), "token": out.Token})
 }
 
@@ -175,7 +206,7 @@ func (a *API) logOut(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	if !a.settleRevocation(c, res.Seq) {
+	if !a.settleFor(c, res) {
 		return
 	}
 	c.Status(http.StatusNoContent)
@@ -218,7 +249,9 @@ func (a *API) updateUser(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settleChange(c, res.Seq)
+	if !a.settleFor(c, res) {
+		return
+	}
 	c.JSON(http.StatusOK, userOf(view))
 }
 
@@ -228,7 +261,7 @@ func (a *API) deleteUser(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	if !a.settleRevocation(c, res.Seq) {
+	if !a.settleFor(c, res) {
 		return
 	}
 	c.Status(http.StatusNoContent)
@@ -299,7 +332,9 @@ func (a *API) createToken(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	a.settle(c, out.Seq)
+	if !a.settleFor(c, out.Result) {
+		return
+	}
 	t := out.Token
 	c.JSON(http.StatusCreated, gin.H{
 		"api_token": apiTokenJSON{ID: t.ID, Description: t.Description, CreatedAt: t.CreatedAt.UTC(), ExpiresAt: t.ExpiresAt},
@@ -318,7 +353,7 @@ func (a *API) revokeToken(c *gin.Context) {
 		a.abort(c, err)
 		return
 	}
-	if !a.settleRevocation(c, res.Seq) {
+	if !a.settleFor(c, res) {
 		return
 	}
 	c.Status(http.StatusNoContent)
