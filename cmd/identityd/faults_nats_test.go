@@ -350,7 +350,7 @@ func fltQuantile(ds []time.Duration, q float64) time.Duration {
 	return s[int(q*float64(len(s)-1))]
 }
 
-// fltStartInstance runs an identityd instance in process (newApp behind a test HTTP server)
+// fltStartInstance runs an identityd instance in process (wiring.Start behind a test HTTP server)
 // against the given NATS URL(s) and database; its warnings go to the returned log.
 func fltStartInstance(t *testing.T, natsURL string, replicas int, dbURL string) (*instance, *fltLog) {
 	t.Helper()
