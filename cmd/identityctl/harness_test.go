@@ -4,55 +4,53 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
+	"github.com/identityd/identityd/cmd/internal/wiring/wiringtest"
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
-	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
-// world is one deployment, wired as cmd/identityd wires it: an in-process NATS JetStream server
-// (random port, temp dir), the event store, a real read-model database, a running projector and
-// the domain service that writes the history identityctl then audits.
+// world is one deployment, wired by the wiring package as identityd wires it: an in-process
+// NATS JetStream server (random port, temp dir), a real read-model database and one identityd
+// instance (event store, running projector, domain service) that writes the history
+// identityctl then audits.
 type world struct {
 	t       *testing.T
-	srv     *server.Server
 	natsURL string
 	keys    embedded.Keys // the NATS users; identityctl gets the reader's
 	dbURL   string
 	env     map[string]string // what identityctl sees through getenv
-	nc      *nats.Conn
 	store   *eventstore.Store
-	db      *bun.DB
+	db      *bun.DB // the test's own handle, to tamper with the read model
 	proj    *projections.Projector
 	svc     *domain.Service
 	reqs    int
 	reqMu   sync.Mutex
 }
 
-// newWorld starts NATS and a projector into dbURL; env is filled for an external deployment
-// (IDENTITYD_NATS_URL + IDENTITYD_DATABASE_URL).
+// eventKeys is the public key the world's instance signs with, as IDENTITYD_EVENT_PUBLIC_KEYS.
+func eventKeys(t testing.TB) string { return wiringtest.PublicKey(t, wiringtest.TestSecret).String() }
+
+// newWorld starts NATS and an instance projecting into dbURL; env is filled for an external
+// deployment (IDENTITYD_NATS_URL + IDENTITYD_DATABASE_URL).
 func newWorld(t *testing.T, dbURL string) *world {
 	t.Helper()
-	w := startWorld(t, dbURL, t.TempDir())
+	w := startWorld(t, dbURL, t.TempDir(), t.TempDir())
 	w.env = map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_NATS_CREDS": w.keys.ReaderSeed(), "IDENTITYD_DATABASE_URL": w.dbURL,
-		"IDENTITYD_EVENT_PUBLIC_KEYS": eventstoretest.Signer.PublicKey().String()}
+		"IDENTITYD_EVENT_PUBLIC_KEYS": eventKeys(t)}
 	return w
 }
 
@@ -63,8 +61,9 @@ func newPostgresWorld(t *testing.T) *world {
 }
 
 // startWorld starts the deployment with the NATS users' keys in keyDir (created there, as
-// identityd does in its data dir).
-func startWorld(t *testing.T, dbURL, keyDir string) *world {
+// identityd does in its data dir) and the instance's data (its published event keys) in
+// dataDir.
+func startWorld(t *testing.T, dbURL, keyDir, dataDir string) *world {
 	t.Helper()
 	keys, err := embedded.LoadOrCreateKeys(keyDir)
 	if err != nil {
@@ -75,53 +74,19 @@ func startWorld(t *testing.T, dbURL, keyDir string) *world {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	w := &world{t: t, srv: srv, natsURL: srv.ClientURL(), keys: keys, dbURL: dbURL}
-
-	ctx := context.Background()
-	auth, err := embedded.ClientOptions(keys.IdentitydSeed(), true) // the writer, as identityd
+	e := wiringtest.Attach(t, srv.ClientURL(), keys, dbURL)
+	cfg := wiringtest.Config(t, e.NATSURL, dbURL)
+	cfg.DataDir, cfg.NATSCreds = dataDir, e.Creds() // the writer, as identityd
+	cfg.CacheLease = 0                              // identityctl reads the database, not an instance's memory
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	app, err := wiring.Start(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.nc, err = nats.Connect(w.natsURL, append(auth, nats.Name("identityctl-test"))...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(w.nc.Close)
-	w.store, err = eventstore.Open(ctx, eventstore.Config{Conn: w.nc, Keys: eventstoretest.Keys, Signer: eventstoretest.Signer})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w.db = dbtest.Open(t, dbURL)
-	logger := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w.proj, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: w.db, JetStream: w.store.JetStream(), Keys: eventstoretest.Keys, Logger: logger})
-	if err != nil {
-		t.Fatal(err)
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	runDone := make(chan error, 1)
-	go func() { runDone <- w.proj.Run(runCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		_ = w.proj.Close()
-		if err := <-runDone; err != nil && !errors.Is(err, context.Canceled) {
-			t.Logf("projector stopped: %v", err)
-		}
-	})
-	select {
-	case <-w.proj.Running():
-	case err := <-runDone:
-		t.Fatalf("projector: %v", err)
-	case <-time.After(20 * time.Second):
-		t.Fatal("projector did not start")
-	}
-	w.svc, err = domain.NewService(w.store, domain.ServiceConfig{
-		Password:          domain.PasswordParams{MemoryKiB: 64, Time: 1, Threads: 1},
-		IdempotencySecret: bytes.Repeat([]byte{7}, 32),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return w
+	t.Cleanup(app.Close)
+	return &world{t: t, natsURL: e.NATSURL, keys: keys, dbURL: dbURL,
+		store: app.Store(), db: dbtest.Open(t, dbURL), proj: app.Projector(), svc: app.Service()}
 }
 
 func (w *world) meta() events.Metadata {

@@ -18,11 +18,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
-	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections"
 )
 
@@ -725,14 +723,11 @@ func TestRebuildWhileServing(t *testing.T) {
 func TestEmbeddedDefaultsSQLite(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	w := startWorld(t, projections.SQLiteURL(dir+"/identityd.db"), embedded.KeyDir(dir)) // identityctl finds the reader's key
+	// identityctl finds the reader's key, and the event public keys identityd published, in dir.
+	w := startWorld(t, projections.SQLiteURL(dir+"/identityd.db"), embedded.KeyDir(dir), dir)
 	w.env = map[string]string{
 		"IDENTITYD_DATA_DIR":    dir,
 		"IDENTITYD_NATS_LISTEN": strings.TrimPrefix(w.natsURL, "nats://"),
-	}
-	// identityd publishes its event public keys in its data dir; identityctl reads them there.
-	if err := eventkeys.WriteFile(dir, eventstoretest.Signer, eventstoretest.Keys); err != nil {
-		t.Fatal(err)
 	}
 	h := w.seed()
 	last := w.sync()

@@ -23,10 +23,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
-	"github.com/identityd/identityd/cmd/internal/eventkeys"
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
@@ -104,9 +103,8 @@ type cli struct {
 	stderr         io.Writer
 	tty            bool
 
-	nc    *nats.Conn
-	store *eventstore.Store
-	db    *bun.DB
+	reader *wiring.Reader
+	db     *bun.DB
 }
 
 // usageError is a mistake in the command line.
@@ -234,39 +232,19 @@ func parseTime(name, v string) (time.Time, error) {
 }
 
 func (c *cli) events(ctx context.Context) (*eventstore.Store, error) {
-	if c.store != nil {
-		return c.store, nil
+	if c.reader != nil {
+		return c.reader.Store, nil
 	}
-	var opts []nats.Option
-	if c.natsCreds != "" {
-		var err error
-		if opts, err = embedded.ClientOptions(c.natsCreds, false); err != nil {
-			return nil, err
-		}
-	}
-	nc, err := nats.Connect(c.natsURL, append(opts, nats.Name("identityctl"), nats.Timeout(5*time.Second))...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w (set IDENTITYD_NATS_URL or IDENTITYD_NATS_LISTEN, and "+
-			"--nats-creds / IDENTITYD_NATS_CREDS or IDENTITYD_DATA_DIR for the reader's key)", eventstore.RedactURL(c.natsURL), err)
-	}
-	c.nc = nc
-	var secret []byte
-	if !c.signaturesOnly {
-		if secret, err = eventkeys.ReadSecret(c.secretKey, c.dataDir); err != nil {
-			return nil, err
-		}
-	}
-	keys, err := eventkeys.ReaderKeyring(c.eventKeys, c.dataDir, c.unsignedThrough, secret)
+	r, err := wiring.OpenReader(ctx, wiring.ReaderConfig{
+		NATSURL: c.natsURL, NATSCreds: c.natsCreds, Name: "identityctl",
+		EventKeys: c.eventKeys, DataDir: c.dataDir, UnsignedThrough: c.unsignedThrough,
+		SecretKey: c.secretKey, SignaturesOnly: c.signaturesOnly,
+	})
 	if err != nil {
 		return nil, err
 	}
-	// Read-only: identityctl never creates or changes the stream, so the reader's key does.
-	st, err := eventstore.Open(ctx, eventstore.Config{Conn: nc, Keys: keys, ReadOnly: true})
-	if err != nil {
-		return nil, err
-	}
-	c.store = st
-	return st, nil
+	c.reader = r
+	return r.Store, nil
 }
 
 // database opens the read-model database. Unless create is set, an embedded-default SQLite
@@ -280,8 +258,7 @@ func (c *cli) database(ctx context.Context, create bool) (*bun.DB, error) {
 			return nil, fmt.Errorf("no read model at %s (set IDENTITYD_DATA_DIR to identityd's data dir, or IDENTITYD_DATABASE_URL): %w", c.sqlitePath, err)
 		}
 	}
-	// Rebuilds copy millions of rows and build indexes over them: one answer may take minutes.
-	db, err := projections.OpenDB(ctx, projections.DBConfig{URL: c.dbURL, ReadTimeout: 30 * time.Minute})
+	db, err := wiring.OpenReadModel(ctx, c.dbURL)
 	if err != nil {
 		return nil, err
 	}
@@ -301,8 +278,8 @@ func (c *cli) both(ctx context.Context, create bool) (*bun.DB, *eventstore.Store
 }
 
 func (c *cli) close() {
-	if c.nc != nil {
-		c.nc.Close()
+	if c.reader != nil {
+		c.reader.Close()
 	}
 	if c.db != nil {
 		_ = c.db.Close()

@@ -14,7 +14,6 @@ import (
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
-	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections/dbtest"
 )
 
@@ -23,10 +22,10 @@ import (
 func TestNATSCredentials(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
-	w := startWorld(t, dbtest.PostgresURL(t), embedded.KeyDir(dir))
+	w := startWorld(t, dbtest.PostgresURL(t), embedded.KeyDir(dir), t.TempDir())
 	w.seed()
 	last := w.sync()
-	eventKeys := eventstoretest.Signer.PublicKey().String()
+	eventKeys := eventKeys(t)
 
 	t.Run("the reader's key from the data dir", func(t *testing.T) {
 		env := map[string]string{"IDENTITYD_NATS_URL": w.natsURL, "IDENTITYD_DATABASE_URL": w.dbURL, "IDENTITYD_DATA_DIR": dir, "IDENTITYD_EVENT_PUBLIC_KEYS": eventKeys}

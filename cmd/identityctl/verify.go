@@ -3,11 +3,11 @@ package main
 import (
 	"context"
 
-	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/cmd/internal/wiring"
 )
 
 // verify folds the whole stream and compares it with every read model and with the hash
-// chains (projections.Verify); it prints each difference, then a summary, and exits 1 if there
+// chains (wiring.Verify, the check the tests run after every scenario); it prints each difference, then a summary, and exits 1 if there
 // is any difference.
 func (c *cli) verify(ctx context.Context, args []string) error {
 	if len(args) > 0 {
@@ -19,13 +19,7 @@ func (c *cli) verify(ctx context.Context, args []string) error {
 		return err
 	}
 	prog := c.newProgress("verify")
-	rep, err := projections.Verify(ctx, projections.VerifyConfig{
-		DB:       db,
-		Read:     st.ReadAll,
-		Replay:   st.Replay,
-		Last:     st.LastSequence,
-		Progress: prog.update,
-	})
+	rep, err := wiring.Verify(ctx, db, st, prog.update)
 	prog.done()
 	if err != nil {
 		return err

@@ -2,21 +2,24 @@ package main
 
 import (
 	"context"
-	"io"
-	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events"
 )
 
+// adminGrantedFilter matches every admin_granted event of every user.
+var adminGrantedFilter = events.SubjectRoot + ".user.*." + strings.TrimPrefix(string(events.TypeAdminGranted), "identityd.user.")
+
 // adminGrants is every admin_granted event in the stream.
 func (e *env) adminGrants() []events.Envelope {
-	e.t.Helper()
+	e.T.Helper()
 	evs, err := e.store().Read(context.Background(), adminGrantedFilter, 1, 0)
 	if err != nil {
-		e.t.Fatal(err)
+		e.T.Fatal(err)
 	}
 	return evs
 }
@@ -24,7 +27,7 @@ func (e *env) adminGrants() []events.Envelope {
 // adminStatus is the status of the admin audit log for a token, on an instance.
 func adminStatus(t *testing.T, in *instance, token string) int {
 	t.Helper()
-	r := call(t, in.url, "GET", "/api/v0/admin/events", token, nil)
+	r := call(t, in.URL, "GET", "/api/v0/admin/events", token, nil)
 	if r.Status != 200 && r.errCode(t) != "scope_not_granted" {
 		t.Fatalf("admin log: %d %s", r.Status, r.Body)
 	}
@@ -38,12 +41,12 @@ func adminStatus(t *testing.T, in *instance, token string) int {
 func TestAdminLookAlikeEmailGetsNoRights(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	ops, opsID := signUp(t, in.url, "ops@example.com", "Ops")
+	ops, opsID := signUp(t, in.URL, "ops@example.com", "Ops")
 
 	// The attacker signs up with the look-alike address. Normalization may refuse it
 	// (invalid_email) or fold it onto the real address (email_taken); if it is accepted, the
 	// account must still be an ordinary user.
-	r := call(t, in.url, "POST", "/api/v0/users", "", map[string]string{"email": "opſ@example.com", "name": "Mallory", "password": "correct horse battery"})
+	r := call(t, in.URL, "POST", "/api/v0/users", "", map[string]string{"email": "opſ@example.com", "name": "Mallory", "password": "correct horse battery"})
 	var attacker string
 	switch r.Status {
 	case 201:
@@ -57,7 +60,7 @@ func TestAdminLookAlikeEmailGetsNoRights(t *testing.T) {
 		t.Fatalf("look-alike sign-up: %d %s", r.Status, r.Body)
 	}
 
-	e.bootstrapAdmin = "ops@example.com"
+	e.BootstrapAdmin = "ops@example.com"
 	again := e.start() // a restart with the bootstrap configured
 	if g := e.adminGrants(); len(g) != 1 || g[0].Subject != "user/"+opsID || g[0].Metadata.Actor != "system" {
 		t.Fatalf("bootstrap grants: %+v, want one, to ops, by the system", g)
@@ -70,7 +73,7 @@ func TestAdminLookAlikeEmailGetsNoRights(t *testing.T) {
 			if s := adminStatus(t, inst, attacker); s != 403 {
 				t.Fatalf("look-alike account on the admin log: %d, want 403", s)
 			}
-			if r := call(t, inst.url, "PUT", "/api/v0/admin/users/"+opsID+"/admin", attacker, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
+			if r := call(t, inst.URL, "PUT", "/api/v0/admin/users/"+opsID+"/admin", attacker, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
 				t.Fatalf("look-alike account granting: %d %s", r.Status, r.Body)
 			}
 		}
@@ -82,12 +85,12 @@ func TestAdminLookAlikeEmailGetsNoRights(t *testing.T) {
 // registers the same address is a new user, and no restart makes it an administrator.
 func TestAdminAddressReRegisteredGetsNoRights(t *testing.T) {
 	e := postgresEnv(t)
-	e.bootstrapAdmin = "ops@example.com"
+	e.BootstrapAdmin = "ops@example.com"
 	first := e.start() // nobody holds the address yet: a warning, no grant
 	if g := e.adminGrants(); len(g) != 0 {
 		t.Fatalf("grants before the account exists: %+v", g)
 	}
-	ops, opsID := signUp(t, first.url, "ops@example.com", "Ops")
+	ops, opsID := signUp(t, first.URL, "ops@example.com", "Ops")
 	if s := adminStatus(t, first, ops); s != 403 {
 		t.Fatalf("ops before the bootstrap ran: %d, want 403", s)
 	}
@@ -98,9 +101,9 @@ func TestAdminAddressReRegisteredGetsNoRights(t *testing.T) {
 	if s := adminStatus(t, first, ops); s != 200 {
 		t.Fatalf("ops on the other instance: %d, want 200", s)
 	}
-	mustStatus(t, call(t, second.url, "DELETE", "/api/v0/user", ops, nil), 204)
+	mustStatus(t, call(t, second.URL, "DELETE", "/api/v0/user", ops, nil), 204)
 
-	attacker, attackerID := signUp(t, first.url, "ops@example.com", "Mallory")
+	attacker, attackerID := signUp(t, first.URL, "ops@example.com", "Mallory")
 	if attackerID == opsID {
 		t.Fatal("the re-registered address got the deleted user's id")
 	}
@@ -121,46 +124,46 @@ func TestAdminAddressReRegisteredGetsNoRights(t *testing.T) {
 func TestAdminGrantAndRevokeByID(t *testing.T) {
 	e := postgresEnv(t)
 	a := e.start()
-	root, rootID := signUp(t, a.url, "root@example.com", "Root")
-	bob, bobID := signUp(t, a.url, "bob@example.com", "Bob")
-	e.bootstrapAdmin = rootID // by user id
+	root, rootID := signUp(t, a.URL, "root@example.com", "Root")
+	bob, bobID := signUp(t, a.URL, "bob@example.com", "Bob")
+	e.BootstrapAdmin = rootID // by user id
 	b := e.start()
 
 	// Users cannot grant; administrators can, and the grant holds on both instances at once.
-	if r := call(t, a.url, "PUT", "/api/v0/admin/users/"+bobID+"/admin", bob, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
+	if r := call(t, a.URL, "PUT", "/api/v0/admin/users/"+bobID+"/admin", bob, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
 		t.Fatalf("a user granting themselves: %d %s", r.Status, r.Body)
 	}
-	mustStatus(t, call(t, b.url, "PUT", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204)
-	mustStatus(t, call(t, a.url, "PUT", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204) // no change, no event
+	mustStatus(t, call(t, b.URL, "PUT", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204)
+	mustStatus(t, call(t, a.URL, "PUT", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204) // no change, no event
 	if n := len(e.adminGrants()); n != 2 {
 		t.Fatalf("%d grants, want 2 (bootstrap, bob)", n)
 	}
-	if m := call(t, a.url, "GET", "/api/v0/admin/users/"+bobID, root, nil); m.Status != 200 || m.json(t)["admin"] != true || m.json(t)["uuid"] != bobID {
+	if m := call(t, a.URL, "GET", "/api/v0/admin/users/"+bobID, root, nil); m.Status != 200 || m.json(t)["admin"] != true || m.json(t)["uuid"] != bobID {
 		t.Fatalf("bob as admins see him: %d %s", m.Status, m.Body)
 	}
 	// Until each instance answers bob from its credential cache (an instance takes cache leases
 	// once registered with the others), so the revocation is seen to drop cached entries.
 	for _, in := range []*instance{a, b} {
 		waitFor(t, 10*time.Second, func() bool {
-			before := in.app.cache.Stats().Hits
+			before := in.Cache().Stats().Hits
 			if s := adminStatus(t, in, bob); s != 200 {
 				t.Fatalf("bob after the grant: %d, want 200", s)
 			}
-			return in.app.cache.Stats().Hits > before
+			return in.Cache().Stats().Hits > before
 		})
 	}
 
 	// Root revokes on one instance; bob's very next request fails on both.
-	mustStatus(t, call(t, a.url, "DELETE", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204)
+	mustStatus(t, call(t, a.URL, "DELETE", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204)
 	for _, in := range []*instance{b, a} {
 		if s := adminStatus(t, in, bob); s != 403 {
 			t.Fatalf("bob right after the revocation: %d, want 403", s)
 		}
 	}
-	if m := call(t, b.url, "GET", "/api/v0/admin/users/"+bobID, root, nil); m.Status != 200 || m.json(t)["admin"] != false {
+	if m := call(t, b.URL, "GET", "/api/v0/admin/users/"+bobID, root, nil); m.Status != 200 || m.json(t)["admin"] != false {
 		t.Fatalf("bob after the revocation: %d %s", m.Status, m.Body)
 	}
-	mustStatus(t, call(t, b.url, "DELETE", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204) // no change
+	mustStatus(t, call(t, b.URL, "DELETE", "/api/v0/admin/users/"+bobID+"/admin", root, nil), 204) // no change
 
 	// The rules and the error codes.
 	for _, c := range []struct {
@@ -176,7 +179,7 @@ func TestAdminGrantAndRevokeByID(t *testing.T) {
 		{"GET", "/api/v0/admin/users/" + rootID, bob, 403, "scope_not_granted"},
 		{"GET", "/api/v0/admin/users/" + rootID, "", 401, "missing_api_token"},
 	} {
-		if r := call(t, a.url, c.method, c.path, c.token, nil); r.Status != c.status || r.errCode(t) != c.code {
+		if r := call(t, a.URL, c.method, c.path, c.token, nil); r.Status != c.status || r.errCode(t) != c.code {
 			t.Errorf("%s %s: %d %s, want %d %s", c.method, c.path, r.Status, r.Body, c.status, c.code)
 		}
 	}
@@ -192,20 +195,20 @@ func TestAdminGrantAndRevokeByID(t *testing.T) {
 func TestAdminBootstrapOnceWithConcurrentStarts(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	_, opsID := signUp(t, in.url, "ops@example.com", "Ops")
+	_, opsID := signUp(t, in.URL, "ops@example.com", "Ops")
 	var wg sync.WaitGroup
 	errs := make([]error, 3)
 	for i := range errs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cfg := testConfig(t, e.natsURL, e.dbURL)
-			cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.secret, "ops@example.com", e.creds()
+			cfg := testConfig(t, e.NATSURL, e.DBURL)
+			cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.Secret, "ops@example.com", e.creds()
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			a, err := newApp(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			a, err := wiring.Start(ctx, cfg)
 			if err == nil {
-				t.Cleanup(a.close)
+				t.Cleanup(a.Close)
 			}
 			errs[i] = err
 		}()

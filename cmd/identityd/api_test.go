@@ -13,6 +13,7 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections/credcache"
@@ -26,7 +27,7 @@ func TestUserJourney(t *testing.T) {
 		t.Run(b.Name, func(t *testing.T) {
 			e := newEnv(t, b)
 			in := e.start()
-			base := in.url
+			base := in.URL
 
 			session, userID := signUp(t, base, "  Ada@Example.com ", "Ada Lovelace")
 			r := call(t, base, "GET", "/api/v0/user", session, nil)
@@ -127,7 +128,7 @@ func TestUserJourney(t *testing.T) {
 func TestConcurrentRenames(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	token, userID := signUp(t, in.url, "grace@example.com", "Grace")
+	token, userID := signUp(t, in.URL, "grace@example.com", "Grace")
 	var mu sync.Mutex
 	acked := map[string]bool{}
 	var wg sync.WaitGroup
@@ -136,7 +137,7 @@ func TestConcurrentRenames(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			name := fmt.Sprintf("Grace %02d", i)
-			r := call(t, in.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name})
+			r := call(t, in.URL, "PATCH", "/api/v0/user", token, map[string]string{"name": name})
 			switch r.Status {
 			case 200:
 				mu.Lock()
@@ -169,7 +170,7 @@ func TestConcurrentRenames(t *testing.T) {
 	if len(acked) < 40 {
 		t.Errorf("only %d of 50 renames succeeded", len(acked))
 	}
-	got := call(t, in.url, "GET", "/api/v0/user", token, nil).json(t)["name"]
+	got := call(t, in.URL, "GET", "/api/v0/user", token, nil).json(t)["name"]
 	if got != last {
 		t.Fatalf("read model has %v, stream's last rename is %q", got, last)
 	}
@@ -186,7 +187,7 @@ func TestConcurrentSignUpsOneEmail(t *testing.T) {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			base := []string{a.url, b.url}[i%2]
+			base := []string{a.URL, b.URL}[i%2]
 			r := call(t, base, "POST", "/api/v0/users", "", map[string]string{"email": "same@example.com", "name": fmt.Sprint("N", i), "password": "password123"})
 			mu.Lock()
 			defer mu.Unlock()
@@ -211,28 +212,28 @@ func TestConcurrentSignUpsOneEmail(t *testing.T) {
 func TestTwoInstancesReadYourWrites(t *testing.T) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
-	token, _ := signUp(t, a.url, "hopper@example.com", "Hopper")
-	mustStatus(t, call(t, b.url, "GET", "/api/v0/user", token, nil), 200)
+	token, _ := signUp(t, a.URL, "hopper@example.com", "Hopper")
+	mustStatus(t, call(t, b.URL, "GET", "/api/v0/user", token, nil), 200)
 	for i := 0; i < 15; i++ {
 		w, r := a, b
 		if i%2 == 1 {
 			w, r = b, a
 		}
 		name := fmt.Sprint("Hopper ", i)
-		mustStatus(t, call(t, w.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
-		if got := call(t, r.url, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
+		mustStatus(t, call(t, w.URL, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
+		if got := call(t, r.URL, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
 			t.Fatalf("round %d: other instance reads %v, want %q", i, got, name)
 		}
-		res := call(t, w.url, "POST", "/api/v0/user/api-tokens", token, map[string]any{"description": name})
+		res := call(t, w.URL, "POST", "/api/v0/user/api-tokens", token, map[string]any{"description": name})
 		mustStatus(t, res, 201)
 		secret := res.json(t)["token"].(string)
 		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
 		// Both instances have the new token in memory before it is revoked on one of them.
-		mustStatus(t, call(t, r.url, "GET", "/api/v0/user", secret, nil), 200)
-		mustStatus(t, call(t, w.url, "GET", "/api/v0/user", secret, nil), 200)
-		mustStatus(t, call(t, r.url, "DELETE", "/api/v0/user/api-tokens/"+id, token, nil), 204)
-		mustStatus(t, call(t, w.url, "GET", "/api/v0/user", secret, nil), 401)
-		mustStatus(t, call(t, r.url, "GET", "/api/v0/user", secret, nil), 401)
+		mustStatus(t, call(t, r.URL, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, w.URL, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, r.URL, "DELETE", "/api/v0/user/api-tokens/"+id, token, nil), 204)
+		mustStatus(t, call(t, w.URL, "GET", "/api/v0/user", secret, nil), 401)
+		mustStatus(t, call(t, r.URL, "GET", "/api/v0/user", secret, nil), 401)
 	}
 }
 
@@ -242,22 +243,22 @@ func TestTwoInstancesReadYourWrites(t *testing.T) {
 func TestRenameKeepsCredentialsCached(t *testing.T) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
-	waitFor(t, 10*time.Second, func() bool { return a.app.presence.MayLease() && b.app.presence.MayLease() })
-	token, _ := signUp(t, a.url, "lovelace@example.com", "Ada")
+	waitFor(t, 10*time.Second, func() bool { return a.Presence().MayLease() && b.Presence().MayLease() })
+	token, _ := signUp(t, a.URL, "lovelace@example.com", "Ada")
 	for i := 0; i < 6; i++ {
 		for _, in := range []*instance{a, b} { // both hold the credential in memory
-			mustStatus(t, call(t, in.url, "GET", "/api/v0/user", token, nil), 200)
+			mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", token, nil), 200)
 		}
 		w := []*instance{a, b}[i%2]
-		misses := a.app.cache.Stats().Misses + b.app.cache.Stats().Misses
+		misses := a.Cache().Stats().Misses + b.Cache().Stats().Misses
 		name := fmt.Sprint("Ada ", i)
-		mustStatus(t, call(t, w.url, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
+		mustStatus(t, call(t, w.URL, "PATCH", "/api/v0/user", token, map[string]string{"name": name}), 200)
 		for _, in := range []*instance{a, b} {
-			if got := call(t, in.url, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
-				t.Fatalf("round %d: %s reads %v, want %q", i, in.url, got, name)
+			if got := call(t, in.URL, "GET", "/api/v0/user", token, nil).json(t)["name"]; got != name {
+				t.Fatalf("round %d: %s reads %v, want %q", i, in.URL, got, name)
 			}
 		}
-		if m := a.app.cache.Stats().Misses + b.app.cache.Stats().Misses; m != misses {
+		if m := a.Cache().Stats().Misses + b.Cache().Stats().Misses; m != misses {
 			// (Lookups whose lease lapsed go to the database too; they are counted apart and
 			// have nothing to do with the rename.)
 			t.Fatalf("round %d: %d credential lookups missed the cache after a rename, want 0", i, m-misses)
@@ -283,35 +284,35 @@ func TestRevocationRacesReadsOnAnotherInstance(t *testing.T) {
 // succeed. (Without the commit wait, B answers 200 from its lease for up to 150ms more.)
 func TestCommitWaitCoversAStalledInstance(t *testing.T) {
 	e := postgresEnv(t)
-	long := func(c *config) {
+	long := func(c *wiring.Config) {
 		c.CacheLease = 200 * time.Millisecond
 		c.Presence = credcache.PresenceConfig{TTL: 3 * time.Second, Refresh: 300 * time.Millisecond, Grace: time.Second,
 			Margin: 500 * time.Millisecond, ViewEvery: 100 * time.Millisecond, Timeout: 200 * time.Millisecond}
 	}
 	a, b := e.startWith(long), e.startWith(long)
 	var stall atomic.Bool
-	b.app.projector.OnArrival(func(ar eventstore.Arrival) {
+	b.Projector().OnArrival(func(ar eventstore.Arrival) {
 		if strings.HasSuffix(ar.Subject, ".token_created") && stall.CompareAndSwap(true, false) {
 			time.Sleep(150 * time.Millisecond) // the next event reaches B's cache this much later
 		}
 	})
-	waitFor(t, 10*time.Second, func() bool { return b.app.presence.MayLease() && !a.app.presence.Alone() })
-	session, _ := signUp(t, a.url, "lamport@example.com", "Leslie")
-	other, _ := signUp(t, a.url, "lynch@example.com", "Nancy")
+	waitFor(t, 10*time.Second, func() bool { return b.Presence().MayLease() && !a.Presence().Alone() })
+	session, _ := signUp(t, a.URL, "lamport@example.com", "Leslie")
+	other, _ := signUp(t, a.URL, "lynch@example.com", "Nancy")
 	for round := 0; round < 3; round++ {
-		res := call(t, a.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
+		res := call(t, a.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
 		mustStatus(t, res, 201)
 		secret := res.json(t)["token"].(string)
 		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
 		for range 3 { // cached on B, under a lease
-			mustStatus(t, call(t, b.url, "GET", "/api/v0/user", secret, nil), 200)
+			mustStatus(t, call(t, b.URL, "GET", "/api/v0/user", secret, nil), 200)
 		}
 		stall.Store(true)
 		// An event B stalls after (a token created needs no commit wait), then the revocation.
-		mustStatus(t, call(t, a.url, "POST", "/api/v0/user/api-tokens", other, map[string]any{"description": "x"}), 201)
-		mustStatus(t, call(t, a.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		mustStatus(t, call(t, a.URL, "POST", "/api/v0/user/api-tokens", other, map[string]any{"description": "x"}), 201)
+		mustStatus(t, call(t, a.URL, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
 		for i := 0; i < 20; i++ {
-			if r := call(t, b.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
+			if r := call(t, b.URL, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
 				t.Fatalf("round %d: B answered %d to the revoked token after A answered the revocation", round, r.Status)
 			}
 			time.Sleep(5 * time.Millisecond)
@@ -325,36 +326,36 @@ func TestCommitWaitCoversAStalledInstance(t *testing.T) {
 func TestCommitWaitOnlyWithOtherInstances(t *testing.T) {
 	e := postgresEnv(t)
 	a := e.start()
-	waitFor(t, 5*time.Second, func() bool { return a.app.presence.MayLease() && a.app.presence.Alone() })
-	session, _ := signUp(t, a.url, "hopper@example.com", "Grace")
-	mustStatus(t, call(t, a.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace H."}), 200)
-	if s := a.app.cache.Stats(); s.Fences != 1 || s.Skipped != 1 {
+	waitFor(t, 5*time.Second, func() bool { return a.Presence().MayLease() && a.Presence().Alone() })
+	session, _ := signUp(t, a.URL, "hopper@example.com", "Grace")
+	mustStatus(t, call(t, a.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace H."}), 200)
+	if s := a.Cache().Stats(); s.Fences != 1 || s.Skipped != 1 {
 		t.Fatalf("alone: cache stats %+v, want the one commit wait skipped", s)
 	}
 	b := e.start()
-	waitFor(t, 5*time.Second, func() bool { return !a.app.presence.Alone() })
-	mustStatus(t, call(t, a.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace Hopper"}), 200)
-	if s := a.app.cache.Stats(); s.Fences != 2 || s.Skipped != 1 {
+	waitFor(t, 5*time.Second, func() bool { return !a.Presence().Alone() })
+	mustStatus(t, call(t, a.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Grace Hopper"}), 200)
+	if s := a.Cache().Stats(); s.Fences != 2 || s.Skipped != 1 {
 		t.Fatalf("with a second instance: cache stats %+v, want the commit wait kept", s)
 	}
-	mustStatus(t, call(t, b.url, "GET", "/api/v0/user", session, nil), 200)
+	mustStatus(t, call(t, b.URL, "GET", "/api/v0/user", session, nil), 200)
 }
 
 func revocationRace(t *testing.T, lag time.Duration) {
 	e := postgresEnv(t)
 	a, b := e.start(), e.start()
 	if lag > 0 {
-		b.app.projector.OnArrival(func(eventstore.Arrival) { time.Sleep(lag) })
+		b.Projector().OnArrival(func(eventstore.Arrival) { time.Sleep(lag) })
 	}
 	// B answers from memory only once registered, and A then waits for it on every revocation.
-	waitFor(t, 5*time.Second, func() bool { return b.app.presence.MayLease() && !a.app.presence.Alone() })
-	session, _ := signUp(t, a.url, "liskov@example.com", "Barbara")
+	waitFor(t, 5*time.Second, func() bool { return b.Presence().MayLease() && !a.Presence().Alone() })
+	session, _ := signUp(t, a.URL, "liskov@example.com", "Barbara")
 	for round := 0; round < 10; round++ {
-		res := call(t, a.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
+		res := call(t, a.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(round)})
 		mustStatus(t, res, 201)
 		secret := res.json(t)["token"].(string)
 		id := res.json(t)["api_token"].(map[string]any)["id"].(string)
-		mustStatus(t, call(t, b.url, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, b.URL, "GET", "/api/v0/user", secret, nil), 200)
 
 		type answer struct {
 			start  time.Time
@@ -373,7 +374,7 @@ func revocationRace(t *testing.T, lag time.Duration) {
 					default:
 					}
 					start := time.Now()
-					r := call(t, b.url, "GET", "/api/v0/user", secret, nil)
+					r := call(t, b.URL, "GET", "/api/v0/user", secret, nil)
 					mu.Lock()
 					answers = append(answers, answer{start, r.Status})
 					mu.Unlock()
@@ -382,9 +383,9 @@ func revocationRace(t *testing.T, lag time.Duration) {
 		}
 		time.Sleep(30 * time.Millisecond)
 		if lag > 0 {
-			mustStatus(t, call(t, a.url, "PATCH", "/api/v0/user", session, map[string]string{"name": fmt.Sprint("Barbara ", round)}), 200)
+			mustStatus(t, call(t, a.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": fmt.Sprint("Barbara ", round)}), 200)
 		}
-		mustStatus(t, call(t, a.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		mustStatus(t, call(t, a.URL, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
 		revoked := time.Now()
 		time.Sleep(30 * time.Millisecond)
 		close(stop)
@@ -410,28 +411,28 @@ func revocationRace(t *testing.T, lag time.Duration) {
 func TestRevokedTokenRefusedAtOnce(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	session, _ := signUp(t, in.url, "lamarr@example.com", "Hedy")
+	session, _ := signUp(t, in.URL, "lamarr@example.com", "Hedy")
 	for i := 0; i < 25; i++ {
-		r := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(i)})
+		r := call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": fmt.Sprint(i)})
 		mustStatus(t, r, 201)
 		secret := r.json(t)["token"].(string)
 		id := r.json(t)["api_token"].(map[string]any)["id"].(string)
-		mustStatus(t, call(t, in.url, "GET", "/api/v0/user", secret, nil), 200)
-		mustStatus(t, call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
-		if r := call(t, in.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 || r.errCode(t) != "invalid_api_token" {
+		mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", secret, nil), 200)
+		mustStatus(t, call(t, in.URL, "DELETE", "/api/v0/user/api-tokens/"+id, session, nil), 204)
+		if r := call(t, in.URL, "GET", "/api/v0/user", secret, nil); r.Status != 401 || r.errCode(t) != "invalid_api_token" {
 			t.Fatalf("round %d: revoked token answered %d %s", i, r.Status, r.Body)
 		}
 	}
 	// Another user's token id answers exactly like an unknown one.
-	other, _ := signUp(t, in.url, "other@example.com", "Other")
-	r := call(t, in.url, "POST", "/api/v0/user/api-tokens", other, map[string]any{})
+	other, _ := signUp(t, in.URL, "other@example.com", "Other")
+	r := call(t, in.URL, "POST", "/api/v0/user/api-tokens", other, map[string]any{})
 	otherID := r.json(t)["api_token"].(map[string]any)["id"].(string)
-	a := call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+otherID, session, nil)
-	u := call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+uuid.NewString(), session, nil)
+	a := call(t, in.URL, "DELETE", "/api/v0/user/api-tokens/"+otherID, session, nil)
+	u := call(t, in.URL, "DELETE", "/api/v0/user/api-tokens/"+uuid.NewString(), session, nil)
 	if a.Status != 404 || u.Status != 404 || a.errCode(t) != u.errCode(t) {
 		t.Fatalf("other's token: %d %s; unknown: %d %s", a.Status, a.Body, u.Status, u.Body)
 	}
-	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", r.json(t)["token"].(string), nil), 200)
+	mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", r.json(t)["token"].(string), nil), 200)
 }
 
 // TestIdempotencyKey: a retried create with the same key returns the first answer.
@@ -439,35 +440,35 @@ func TestIdempotencyKey(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
 	body := map[string]string{"email": "turing@example.com", "name": "Alan", "password": "enigma machine"}
-	first := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
-	again := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
+	first := call(t, in.URL, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
+	again := call(t, in.URL, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1")
 	mustStatus(t, first, 201)
 	mustStatus(t, again, 201)
 	if string(first.Body) != string(again.Body) {
 		t.Fatalf("replayed sign-up differs:\n%s\n%s", first.Body, again.Body)
 	}
 	body["name"] = "Someone Else"
-	if r := call(t, in.url, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1"); r.Status != 409 || r.errCode(t) != "idempotency_key_reused" {
+	if r := call(t, in.URL, "POST", "/api/v0/users", "", body, "Idempotency-Key", "signup-1"); r.Status != 409 || r.errCode(t) != "idempotency_key_reused" {
 		t.Fatalf("reused key: %d %s", r.Status, r.Body)
 	}
 	session := first.json(t)["token"].(string)
-	t1 := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
-	t2 := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
+	t1 := call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
+	t2 := call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, "Idempotency-Key", "tok-1")
 	mustStatus(t, t1, 201)
 	if string(t1.Body) != string(t2.Body) {
 		t.Fatalf("replayed token create differs:\n%s\n%s", t1.Body, t2.Body)
 	}
-	if n := len(call(t, in.url, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 1 {
+	if n := len(call(t, in.URL, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 1 {
 		t.Fatalf("%d tokens after a replayed create", n)
 	}
-	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", t1.json(t)["token"].(string), nil), 200)
+	mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", t1.json(t)["token"].(string), nil), 200)
 }
 
 // TestBadInput: hostile and malformed requests get the right 4xx in the envelope, never a 500.
 func TestBadInput(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	session, _ := signUp(t, in.url, "knuth@example.com", "Donald")
+	session, _ := signUp(t, in.URL, "knuth@example.com", "Donald")
 	long := strings.Repeat("x", 101)
 	cases := []struct {
 		name, method, path, token string
@@ -511,22 +512,22 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			r := call(t, in.url, c.method, c.path, c.token, c.body, c.headers...)
+			r := call(t, in.URL, c.method, c.path, c.token, c.body, c.headers...)
 			if r.Status != c.status || r.errCode(t) != c.code {
 				t.Fatalf("got %d %s, want %d %s", r.Status, r.Body, c.status, c.code)
 			}
 		})
 	}
 	// Nothing was half-written: the user is unchanged.
-	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Donald" {
+	if got := call(t, in.URL, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Donald" {
 		t.Fatalf("name after bad input: %v", got)
 	}
 	// A hostile X-Request-Id is replaced, not echoed.
-	r := call(t, in.url, "GET", "/api/v0/user", "", nil, "X-Request-Id", "evil <script> value")
+	r := call(t, in.URL, "GET", "/api/v0/user", "", nil, "X-Request-Id", "evil <script> value")
 	if strings.ContainsAny(r.Header.Get("X-Request-Id"), "<> ") {
 		t.Fatalf("request id echoed: %q", r.Header.Get("X-Request-Id"))
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user", "", nil, "X-Request-Id", "trace-123"); r.Header.Get("X-Request-Id") != "trace-123" {
+	if r := call(t, in.URL, "GET", "/api/v0/user", "", nil, "X-Request-Id", "trace-123"); r.Header.Get("X-Request-Id") != "trace-123" {
 		t.Fatalf("a well-formed request id was not kept: %q", r.Header.Get("X-Request-Id"))
 	}
 }
@@ -535,20 +536,20 @@ func TestBadInput(t *testing.T) {
 func TestServiceDocs(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[1])
 	in := e.start()
-	r := call(t, in.url, "GET", "/api/v0/openapi.yaml", "", nil)
+	r := call(t, in.URL, "GET", "/api/v0/openapi.yaml", "", nil)
 	mustStatus(t, r, 200)
 	if !strings.Contains(string(r.Body), "openapi: 3.0") {
 		t.Fatal("openapi.yaml not served")
 	}
-	r = call(t, in.url, "GET", "/docs/errors", "", nil)
+	r = call(t, in.URL, "GET", "/docs/errors", "", nil)
 	mustStatus(t, r, 200)
 	for code := range map[string]bool{"invalid_api_token": true, "missing_api_token": true, "email_taken": true} {
 		if !strings.Contains(string(r.Body), `id="`+code+`"`) {
 			t.Errorf("error docs lack %s", code)
 		}
 	}
-	mustStatus(t, call(t, in.url, "GET", "/healthz", "", nil), http.StatusOK)
-	mustStatus(t, call(t, in.url, "GET", "/readyz", "", nil), http.StatusOK)
+	mustStatus(t, call(t, in.URL, "GET", "/healthz", "", nil), http.StatusOK)
+	mustStatus(t, call(t, in.URL, "GET", "/readyz", "", nil), http.StatusOK)
 }
 
 // flipLast changes a token's last character, so its checksum no longer matches.
@@ -565,12 +566,12 @@ func flipLast(token string) string {
 // replay answers 409 idempotency_key_reused instead of 201 with a dead token; a new key logs in.
 func TestIdempotentLogInAfterExpiry(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[1])
-	in := e.startWith(func(c *config) { c.SessionTTL = 1500 * time.Millisecond })
-	signUp(t, in.url, "hopper@example.com", "Grace")
+	in := e.startWith(func(c *wiring.Config) { c.SessionTTL = 1500 * time.Millisecond })
+	signUp(t, in.URL, "hopper@example.com", "Grace")
 	body := map[string]string{"email": "hopper@example.com", "password": "correct horse battery"}
-	first := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	first := call(t, in.URL, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
 	mustStatus(t, first, http.StatusCreated)
-	again := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	again := call(t, in.URL, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
 	mustStatus(t, again, http.StatusCreated)
 	if string(first.Body) != string(again.Body) {
 		t.Fatalf("replay within the TTL differs:\n%s\n%s", first.Body, again.Body)
@@ -581,18 +582,18 @@ func TestIdempotentLogInAfterExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Until(expires) + 50*time.Millisecond)
-	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", token, nil), http.StatusUnauthorized)
+	mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", token, nil), http.StatusUnauthorized)
 
-	r := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
+	r := call(t, in.URL, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-1")
 	if r.Status != http.StatusConflict || r.errCode(t) != "idempotency_key_reused" {
 		t.Fatalf("replay after expiry: %d %s, want 409 idempotency_key_reused", r.Status, r.Body)
 	}
 	if strings.Contains(string(r.Body), token) {
 		t.Fatal("the refusal carries the dead token")
 	}
-	fresh := call(t, in.url, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-2")
+	fresh := call(t, in.URL, "POST", "/api/v0/sessions", "", body, "Idempotency-Key", "login-2")
 	mustStatus(t, fresh, http.StatusCreated)
-	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", fresh.json(t)["token"].(string), nil), http.StatusOK)
+	mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", fresh.json(t)["token"].(string), nil), http.StatusOK)
 }
 
 // TestBodiesNeedJSONContentType: what a cross-site page can send without a CORS preflight — a
@@ -601,10 +602,10 @@ func TestIdempotentLogInAfterExpiry(t *testing.T) {
 func TestBodiesNeedJSONContentType(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[1])
 	in := e.start()
-	session, _ := signUp(t, in.url, "lamport@example.com", "Leslie")
+	session, _ := signUp(t, in.URL, "lamport@example.com", "Leslie")
 	send := func(method, path, token, body, ct string) response {
 		t.Helper()
-		req, err := newRequest(in.url, method, path, token, nil)
+		req, err := newRequest(in.URL, method, path, token, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -637,10 +638,10 @@ func TestBodiesNeedJSONContentType(t *testing.T) {
 			}
 		}
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user", session, nil); r.json(t)["name"] != "Leslie" {
+	if r := call(t, in.URL, "GET", "/api/v0/user", session, nil); r.json(t)["name"] != "Leslie" {
 		t.Fatalf("a refused body changed the user: %s", r.Body)
 	}
-	if n := len(call(t, in.url, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
+	if n := len(call(t, in.URL, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
 		t.Fatalf("%d tokens after refused creates", n)
 	}
 	mustStatus(t, send("POST", "/api/v0/user/api-tokens", session, "", ""), http.StatusCreated)

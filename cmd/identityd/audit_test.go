@@ -40,21 +40,21 @@ func page(t *testing.T, r response) auditPage {
 // instance after the account exists.
 func TestAuditHistory(t *testing.T) {
 	e := postgresEnv(t)
-	e.bootstrapAdmin = "Auditor@example.com"
+	e.BootstrapAdmin = "Auditor@example.com"
 	in := e.start() // no such account yet: no administrator
 	ua := []string{"User-Agent", "audit-test/1.0"}
-	session, userID := signUp(t, in.url, "ada@example.com", "Ada")
-	other, otherID := signUp(t, in.url, "bob@example.com", "Bob")
-	auditor, auditorID := signUp(t, in.url, "auditor@example.com", "Auditor")
-	mustStatus(t, call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Ada King"}, append(ua, "X-Request-Id", "rename-1")...), 200)
-	r := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, ua...)
+	session, userID := signUp(t, in.URL, "ada@example.com", "Ada")
+	other, otherID := signUp(t, in.URL, "bob@example.com", "Bob")
+	auditor, auditorID := signUp(t, in.URL, "auditor@example.com", "Auditor")
+	mustStatus(t, call(t, in.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Ada King"}, append(ua, "X-Request-Id", "rename-1")...), 200)
+	r := call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "ci"}, ua...)
 	mustStatus(t, r, 201)
 	apiToken := r.json(t)["token"].(string)
 	tokenID := r.json(t)["api_token"].(map[string]any)["id"].(string)
-	mustStatus(t, call(t, in.url, "PATCH", "/api/v0/user", apiToken, map[string]string{"name": "Countess"}, ua...), 200)
-	mustStatus(t, call(t, in.url, "PATCH", "/api/v0/user", other, map[string]string{"name": "Robert"}), 200)
+	mustStatus(t, call(t, in.URL, "PATCH", "/api/v0/user", apiToken, map[string]string{"name": "Countess"}, ua...), 200)
+	mustStatus(t, call(t, in.URL, "PATCH", "/api/v0/user", other, map[string]string{"name": "Robert"}), 200)
 
-	p := page(t, call(t, in.url, "GET", "/api/v0/user/events", session, nil))
+	p := page(t, call(t, in.URL, "GET", "/api/v0/user/events", session, nil))
 	types := []string{}
 	for i, ev := range p.Events {
 		types = append(types, ev.Type)
@@ -91,7 +91,7 @@ func TestAuditHistory(t *testing.T) {
 		if cursor != "" {
 			q += "&cursor=" + url.QueryEscape(cursor)
 		}
-		pg := page(t, call(t, in.url, "GET", q, session, nil))
+		pg := page(t, call(t, in.URL, "GET", q, session, nil))
 		for _, ev := range pg.Events {
 			walked = append(walked, ev.Type)
 		}
@@ -106,28 +106,28 @@ func TestAuditHistory(t *testing.T) {
 	if strings.Join(walked, " ") != want {
 		t.Fatalf("paginated history differs: %v", walked)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user/events?cursor=abc", session, nil); r.Status != 400 || r.errCode(t) != "invalid_cursor" {
+	if r := call(t, in.URL, "GET", "/api/v0/user/events?cursor=abc", session, nil); r.Status != 400 || r.errCode(t) != "invalid_cursor" {
 		t.Fatalf("bad cursor: %d %s", r.Status, r.Body)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user/events?limit=1000", session, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
+	if r := call(t, in.URL, "GET", "/api/v0/user/events?limit=1000", session, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
 		t.Fatalf("bad limit: %d %s", r.Status, r.Body)
 	}
 
 	// The admin log: refused to users, filterable for administrators.
-	if r := call(t, in.url, "GET", "/api/v0/admin/events", session, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
+	if r := call(t, in.URL, "GET", "/api/v0/admin/events", session, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
 		t.Fatalf("non-admin: %d %s", r.Status, r.Body)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/admin/events", auditor, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
+	if r := call(t, in.URL, "GET", "/api/v0/admin/events", auditor, nil); r.Status != 403 || r.errCode(t) != "scope_not_granted" {
 		t.Fatalf("auditor before the bootstrap: %d %s", r.Status, r.Body)
 	}
 	e.start() // a restart: the bootstrap grants the auditor's account (by id) administrator rights
-	if p := page(t, call(t, in.url, "GET", "/api/v0/admin/events?type=identityd.user.admin_granted", auditor, nil)); len(p.Events) != 1 ||
+	if p := page(t, call(t, in.URL, "GET", "/api/v0/admin/events?type=identityd.user.admin_granted", auditor, nil)); len(p.Events) != 1 ||
 		p.Events[0].Actor != "system" || p.Events[0].UserID == nil || *p.Events[0].UserID != auditorID {
 		t.Fatalf("the bootstrap's grant: %+v", p.Events)
 	}
 	admin := func(query string) auditPage {
 		t.Helper()
-		return page(t, call(t, in.url, "GET", "/api/v0/admin/events?"+query, auditor, nil))
+		return page(t, call(t, in.URL, "GET", "/api/v0/admin/events?"+query, auditor, nil))
 	}
 	if n := len(admin("type=identityd.user.renamed").Events); n != 3 {
 		t.Fatalf("%d renames in the log, want 3", n)
@@ -149,7 +149,7 @@ func TestAuditHistory(t *testing.T) {
 	if n := len(admin("until=" + future + "&limit=200").Events); n != 3*4+3+1+1 {
 		t.Fatalf("%d events before now, want %d", n, 3*4+3+1+1)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/admin/events?since=yesterday", auditor, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
+	if r := call(t, in.URL, "GET", "/api/v0/admin/events?since=yesterday", auditor, nil); r.Status != 400 || r.errCode(t) != "invalid_filter" {
 		t.Fatalf("bad since: %d %s", r.Status, r.Body)
 	}
 	e.checkStreamContract()

@@ -11,44 +11,18 @@ import (
 	"strings"
 	"time"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events"
-	"github.com/identityd/identityd/projections/credcache"
 )
 
-// config is everything identityd can be told. Each setting is an environment variable with a
-// flag of the same meaning; a flag wins over the variable.
+// config is everything identityd can be told: the instance's wiring plus the listeners and the
+// log level. Each setting is an environment variable with a flag of the same meaning; a flag
+// wins over the variable.
 type config struct {
-	HTTPAddr     string
-	DataDir      string
-	NATSURL      string
-	NATSListen   string
-	NATSCreds    string
-	NATSReplicas int
-	DatabaseURL  string
-	SecretKey    []byte
-	// EventSigningSeed overrides the event-signing key derived from SecretKey (rotation).
-	EventSigningSeed []byte
-	// EventPublicKeys are further trusted event public keys (earlier rotations), as text.
-	EventPublicKeys string
-	// UnsignedThrough is the last stream sequence at which unsigned (pre-signing) events are
-	// accepted.
-	UnsignedThrough uint64
-	PublicURL       string
-	LogLevel        slog.Level
-	SessionTTL      time.Duration
-	Argon2MemKiB    uint32
-	Argon2Time      uint32
-	ConsistencyMax  time.Duration
-	CacheLease      time.Duration
-	CacheEntries    int
-	// BootstrapAdmin is the first administrator: a user id, or an e-mail resolved at start-up
-	// to the id of the account holding it (bootstrapAdmin). "" for none.
-	BootstrapAdmin string
-	TrustedProxies []string
-	DebugAddr      string
-	// Presence holds the timings of the instance registry (credcache.PresenceConfig); not a
-	// setting: zero takes the defaults, tests shorten them.
-	Presence credcache.PresenceConfig
+	wiring.Config
+	HTTPAddr  string
+	LogLevel  slog.Level
+	DebugAddr string
 }
 
 // setting describes one configuration variable for flags, env and --help.
@@ -114,15 +88,14 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		}
 	}
 	get := func(env string) string { return strings.TrimSpace(*vals[env]) }
-	c := config{
-		HTTPAddr:    get("IDENTITYD_HTTP_ADDR"),
+	c := config{HTTPAddr: get("IDENTITYD_HTTP_ADDR"), Config: wiring.Config{
 		DataDir:     get("IDENTITYD_DATA_DIR"),
 		NATSURL:     get("IDENTITYD_NATS_URL"),
 		NATSListen:  get("IDENTITYD_NATS_LISTEN"),
 		NATSCreds:   get("IDENTITYD_NATS_CREDS"),
 		DatabaseURL: get("IDENTITYD_DATABASE_URL"),
 		PublicURL:   strings.TrimRight(get("IDENTITYD_PUBLIC_URL"), "/"),
-	}
+	}}
 	var errs []error
 	var err error
 	if c.NATSReplicas, err = strconv.Atoi(get("IDENTITYD_NATS_REPLICAS")); err != nil || c.NATSReplicas < 0 || c.NATSReplicas > 5 {
@@ -176,7 +149,7 @@ func loadConfig(args []string, getenv func(string) string, stderr io.Writer) (co
 		errs = append(errs, errors.New("IDENTITYD_HTTP_ADDR and IDENTITYD_DATA_DIR must not be empty"))
 	}
 	if c.BootstrapAdmin = get("IDENTITYD_BOOTSTRAP_ADMIN"); c.BootstrapAdmin != "" {
-		if _, err := parseBootstrapAdmin(c.BootstrapAdmin); err != nil {
+		if _, err := wiring.ParseBootstrapAdmin(c.BootstrapAdmin); err != nil {
 			errs = append(errs, fmt.Errorf("IDENTITYD_BOOTSTRAP_ADMIN: %w", err))
 		}
 	}

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go"
+
+	"github.com/identityd/identityd/cmd/internal/wiring"
 )
 
 func TestConfigDefaults(t *testing.T) {
@@ -87,33 +88,19 @@ func TestHelpNeverPrintsSecrets(t *testing.T) {
 	}
 }
 
-// TestPresenceConfigFitsEveryLease: whatever lease is set, the registry's timings validate and
-// keep a margin of at least ten leases.
-func TestPresenceConfigFitsEveryLease(t *testing.T) {
-	for _, lease := range []time.Duration{time.Millisecond, 15 * time.Millisecond, 100 * time.Millisecond, 150 * time.Millisecond, time.Second, 10 * time.Second} {
-		p := presenceConfig(config{CacheLease: lease}, &nats.Conn{}, 1).WithDefaults()
-		if err := p.Validate(); err != nil {
-			t.Errorf("lease %s: %v", lease, err)
-		}
-		if p.Margin < 10*lease {
-			t.Errorf("lease %s: margin %s, want at least ten leases", lease, p.Margin)
-		}
-	}
-}
-
 // TestConfigBootstrapAdmin: the first administrator is a user id or an e-mail; the removed
 // IDENTITYD_ADMIN_EMAILS stops the start with a message that names its replacement, whether it
 // comes from the environment or a flag.
 func TestConfigBootstrapAdmin(t *testing.T) {
-	for v, want := range map[string]bootstrapTarget{
-		"0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e": {id: uuid.MustParse("0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e")},
-		" Ops@Example.com ":                    {email: "ops@example.com"},
+	for v, want := range map[string]wiring.BootstrapTarget{
+		"0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e": {ID: uuid.MustParse("0194f3a2-7c1e-7b3a-9d2e-5f6a7b8c9d0e")},
+		" Ops@Example.com ":                    {Email: "ops@example.com"},
 	} {
 		c, err := loadConfig([]string{"--bootstrap-admin", v}, func(string) string { return "" }, &bytes.Buffer{})
 		if err != nil {
 			t.Fatalf("%q: %v", v, err)
 		}
-		if got, err := parseBootstrapAdmin(c.BootstrapAdmin); err != nil || got != want {
+		if got, err := wiring.ParseBootstrapAdmin(c.BootstrapAdmin); err != nil || got != want {
 			t.Errorf("%q = %+v, %v; want %+v", v, got, err, want)
 		}
 	}

@@ -170,7 +170,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 		t.Fatalf("stream is not replicated on three nodes: replicas %d, cluster %+v", info.Config.Replicas, info.Cluster)
 	}
 	const workers = 8
-	users := fltSignUps(t, in.url, "cluster", workers)
+	users := fltSignUps(t, in.URL, "cluster", workers)
 	initial := func(i int) string { return fmt.Sprintf("cluster %d", i) }
 
 	// runPhase drives the load, kills the node victim picks once the load runs, keeps writing
@@ -181,7 +181,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), after+20*time.Second)
 		defer cancel()
-		load := fltStartLoad(ctx, func() string { return in.url }, users, 5000)
+		load := fltStartLoad(ctx, func() string { return in.URL }, users, 5000)
 		time.Sleep(1500 * time.Millisecond)
 		leader, consumer, err := fltLeaders(allURLs)
 		if err != nil {
@@ -189,7 +189,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 			load.wait()
 			t.Fatalf("%s: stream info: %v", label, err)
 		}
-		connected := in.app.nc.ConnectedServerName()
+		connected := in.NATS().ConnectedServerName()
 		v := victim(leader, consumer, connected)
 		killedAt := time.Now()
 		v.proc.kill(t)
@@ -302,7 +302,7 @@ cluster { name: idc, listen: "127.0.0.1:%d", routes: [%s] }
 
 	st := openStore(t, allURLs, embedded.Keys{}, 3, bytes.Repeat([]byte{7}, 32))
 	fltCheckAcked(t, st, allOps)
-	fltCheckReads(t, in.url, users, initial, allOps)
-	fltFinalWrites(t, in.url, users)
+	fltCheckReads(t, in.URL, users, initial, allOps)
+	fltFinalWrites(t, in.URL, users)
 	fltVerify(t, st, dbURL)
 }

@@ -33,7 +33,7 @@ func TestFaultConcurrentClients(t *testing.T) {
 	type user struct{ token, id string }
 	us := make([]user, users)
 	for i := range us {
-		tok, id := signUp(t, insts[i%2].url, fmt.Sprintf("crowd%d@example.com", i), fmt.Sprintf("Crowd %d", i))
+		tok, id := signUp(t, insts[i%2].URL, fmt.Sprintf("crowd%d@example.com", i), fmt.Sprintf("Crowd %d", i))
 		us[i] = user{tok, id}
 	}
 
@@ -86,7 +86,7 @@ func TestFaultConcurrentClients(t *testing.T) {
 			defer wg.Done()
 			u := g % users
 			tok := us[u].token
-			here, there := insts[g%2].url, insts[(g+1)%2].url
+			here, there := insts[g%2].URL, insts[(g+1)%2].URL
 			for r := 0; r < rounds; r++ {
 				for k := 0; k < renames; k++ {
 					name := fmt.Sprintf("Crowd %d g%03d r%d k%d", u, g, r, k)
@@ -192,8 +192,8 @@ func TestFaultConcurrentClients(t *testing.T) {
 			t.Errorf("token %s worked after its revocation answered 204: %v %d %s", l.id, l.afterUse.err, l.afterUse.res.Status, l.afterUse.res.Body)
 		}
 		for _, in := range insts {
-			if r := call(t, in.url, "GET", "/api/v0/user", l.secret, nil); r.Status != 401 || r.errCode(t) != "invalid_api_token" {
-				t.Errorf("revoked token %s answered %d on %s afterwards", l.id, r.Status, in.url)
+			if r := call(t, in.URL, "GET", "/api/v0/user", l.secret, nil); r.Status != 401 || r.errCode(t) != "invalid_api_token" {
+				t.Errorf("revoked token %s answered %d on %s afterwards", l.id, r.Status, in.URL)
 			}
 		}
 	}
@@ -228,12 +228,12 @@ func TestFaultConcurrentClients(t *testing.T) {
 			}
 		}
 		for _, in := range insts {
-			r := call(t, in.url, "GET", "/api/v0/user", u.token, nil)
+			r := call(t, in.URL, "GET", "/api/v0/user", u.token, nil)
 			mustStatus(t, r, 200)
 			if got := r.json(t)["name"]; got != last {
-				t.Errorf("user %d: read model on %s has %v, the stream's last rename is %q", i, in.url, got, last)
+				t.Errorf("user %d: read model on %s has %v, the stream's last rename is %q", i, in.URL, got, last)
 			}
 		}
 	}
-	// env.verify runs at cleanup, after both instances stop.
+	// env.Verify runs at cleanup, after both instances stop.
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
+	"github.com/identityd/identityd/cmd/internal/wiring/wiringtest"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
@@ -349,7 +350,7 @@ func fltQuantile(ds []time.Duration, q float64) time.Duration {
 	return s[int(q*float64(len(s)-1))]
 }
 
-// fltStartInstance runs an identityd instance in process (newApp behind a test HTTP server)
+// fltStartInstance runs an identityd instance in process (wiring.Start behind a test HTTP server)
 // against the given NATS URL(s) and database; its warnings go to the returned log.
 func fltStartInstance(t *testing.T, natsURL string, replicas int, dbURL string) (*instance, *fltLog) {
 	t.Helper()
@@ -386,18 +387,18 @@ func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 			ns.WaitForShutdown()
 		}
 	})
-	e := &env{t: t, natsURL: ns.ClientURL(), keys: keys, dbURL: dbtest.PostgresURL(t), secret: bytes.Repeat([]byte{7}, 32)}
-	t.Cleanup(e.verify)
+	e := &env{wiringtest.Attach(t, ns.ClientURL(), keys, dbtest.PostgresURL(t))}
+	t.Cleanup(e.Verify)
 	in := e.start()
 	const workers = 8
-	users := fltSignUps(t, in.url, "restart", workers)
+	users := fltSignUps(t, in.URL, "restart", workers)
 	initial := func(i int) string { return fmt.Sprintf("restart %d", i) }
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
-	load := fltStartLoad(loadCtx, func() string { return in.url }, users, 5000)
+	load := fltStartLoad(loadCtx, func() string { return in.URL }, users, 5000)
 
 	time.Sleep(2 * time.Second)
 	downAt := time.Now()
@@ -471,7 +472,7 @@ func TestFaultNATSRestartUnderWriteLoad(t *testing.T) {
 
 	st := openStore(t, ns.ClientURL(), keys, 1, bytes.Repeat([]byte{7}, 32))
 	fltCheckAcked(t, st, ops)
-	fltCheckReads(t, in.url, users, initial, ops)
-	fltFinalWrites(t, in.url, users)
-	fltVerify(t, st, e.dbURL)
+	fltCheckReads(t, in.URL, users, initial, ops)
+	fltFinalWrites(t, in.URL, users)
+	fltVerify(t, st, e.DBURL)
 }

@@ -21,6 +21,8 @@ import (
 
 	"github.com/google/uuid"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
+	"github.com/identityd/identityd/cmd/internal/wiring/wiringtest"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/projections"
@@ -29,14 +31,14 @@ import (
 
 // fxStart starts an identityd instance of e like env.start, with this logger and the config
 // changed by mutate (nil: env.start's settings).
-func fxStart(e *env, logger *slog.Logger, mutate func(*config)) *instance {
-	e.t.Helper()
-	cfg := testConfig(e.t, e.natsURL, e.dbURL)
-	cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.secret, e.bootstrapAdmin, e.creds()
+func fxStart(e *env, logger *slog.Logger, mutate func(*wiring.Config)) *instance {
+	e.T.Helper()
+	cfg := testConfig(e.T, e.NATSURL, e.DBURL)
+	cfg.SecretKey, cfg.BootstrapAdmin, cfg.NATSCreds = e.Secret, e.BootstrapAdmin, e.creds()
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	return startInstance(e.t, cfg, logger)
+	return startInstance(e.T, cfg, logger)
 }
 
 // fxExchange is one request made off the test goroutine; its response is checked against
@@ -162,10 +164,10 @@ func TestFaultPostgresRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
-	e := &env{t: t, natsURL: srv.ClientURL(), keys: natsKeys, dbURL: pg.dsn, secret: bytes.Repeat([]byte{7}, 32)}
-	t.Cleanup(e.verify) // runs before the cluster stops (cleanups run last-in first-out)
+	e := &env{wiringtest.Attach(t, srv.ClientURL(), natsKeys, pg.dsn)}
+	t.Cleanup(e.Verify) // runs before the cluster stops (cleanups run last-in first-out)
 	// A short consistency wait, so writes during the outage answer (lagging) well within 2 s.
-	in := fxStart(e, nil, func(c *config) { c.ConsistencyMax = 1200 * time.Millisecond })
+	in := fxStart(e, nil, func(c *wiring.Config) { c.ConsistencyMax = 1200 * time.Millisecond })
 
 	const workers = 4
 	type worker struct {
@@ -174,7 +176,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 	}
 	ws := make([]*worker, workers)
 	for i := range ws {
-		tok, id := signUp(t, in.url, fmt.Sprintf("pgw%d@example.com", i), fmt.Sprintf("Worker %d", i))
+		tok, id := signUp(t, in.URL, fmt.Sprintf("pgw%d@example.com", i), fmt.Sprintf("Worker %d", i))
 		ws[i] = &worker{token: tok, id: id, lastAcked: fmt.Sprintf("Worker %d", i)}
 	}
 
@@ -205,10 +207,10 @@ func TestFaultPostgresRestart(t *testing.T) {
 					return
 				case <-time.After(15 * time.Millisecond):
 				}
-				record(op{kind: "read", x: fxDo(client, in.url, "GET", "/api/v0/user", w.token, nil)})
+				record(op{kind: "read", x: fxDo(client, in.URL, "GET", "/api/v0/user", w.token, nil)})
 				if n%3 == 0 {
 					name := fmt.Sprintf("Worker %d rename %d", i, n)
-					x := fxDo(client, in.url, "PATCH", "/api/v0/user", w.token, map[string]string{"name": name})
+					x := fxDo(client, in.URL, "PATCH", "/api/v0/user", w.token, map[string]string{"name": name})
 					if x.err == nil && x.res.Status == 200 {
 						w.lastAcked = name // only this goroutine touches w until wg.Wait
 					}
@@ -228,7 +230,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 				case <-time.After(100 * time.Millisecond):
 				}
 				email := fmt.Sprintf("pgsignup%d-%d@example.com", g, n)
-				x := fxDo(client, in.url, "POST", "/api/v0/users", "", map[string]string{"email": email, "name": "Late " + fmt.Sprint(n), "password": "correct horse battery"})
+				x := fxDo(client, in.URL, "POST", "/api/v0/users", "", map[string]string{"email": email, "name": "Late " + fmt.Sprint(n), "password": "correct horse battery"})
 				record(op{kind: "signup", x: x, name: email})
 			}
 		}()
@@ -265,7 +267,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 		wg.Wait()
 		t.Fatal(err)
 	}
-	for i := 0; i < 300 && in.app.projector.Position() < target; i++ {
+	for i := 0; i < 300 && in.Projector().Position() < target; i++ {
 		time.Sleep(50 * time.Millisecond)
 	}
 	resumed := time.Since(upDone)
@@ -275,8 +277,8 @@ func TestFaultPostgresRestart(t *testing.T) {
 	t.Logf("PostgreSQL: --stop took %v, down %v, --throwaway (restart) took %v; projector reached seq %d (stream end at restart) %v after the restart",
 		downAt.Sub(stopAt).Round(time.Millisecond), upAt.Sub(downAt).Round(time.Millisecond), upDone.Sub(upAt).Round(time.Millisecond),
 		target, resumed.Round(time.Millisecond))
-	if in.app.projector.Position() < target {
-		t.Errorf("projector at %d, still short of %d, 15 s after the restart", in.app.projector.Position(), target)
+	if in.Projector().Position() < target {
+		t.Errorf("projector at %d, still short of %d, 15 s after the restart", in.Projector().Position(), target)
 	}
 
 	// Every answer, whenever it came: in the document, never a 500, never without an answer.
@@ -387,7 +389,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 	for {
 		missing = missing[:0]
 		for _, w := range ws {
-			x := fxDo(client, in.url, "GET", "/api/v0/user", w.token, nil)
+			x := fxDo(client, in.URL, "GET", "/api/v0/user", w.token, nil)
 			if x.err != nil || x.res.Status != 200 {
 				missing = append(missing, fmt.Sprintf("worker %s: %v %d", w.id, x.err, x.res.Status))
 				continue
@@ -399,7 +401,7 @@ func TestFaultPostgresRestart(t *testing.T) {
 			}
 		}
 		for _, s := range acked {
-			x := fxDo(client, in.url, "GET", "/api/v0/user", s.token, nil)
+			x := fxDo(client, in.URL, "GET", "/api/v0/user", s.token, nil)
 			if x.err != nil || x.res.Status != 200 || !strings.Contains(string(x.res.Body), s.email) {
 				missing = append(missing, fmt.Sprintf("sign-up %s: %v %d", s.email, x.err, x.res.Status))
 			}
@@ -441,10 +443,10 @@ func TestFaultPostgresRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	deadline = time.Now().Add(15 * time.Second)
-	for in.app.projector.Position() < streamLast && time.Now().Before(deadline) {
+	for in.Projector().Position() < streamLast && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
-	db := dbtest.Open(t, e.dbURL)
+	db := dbtest.Open(t, e.DBURL)
 	rep, err := projections.Verify(ctx, projections.VerifyConfig{DB: db, Read: st.ReadAll, Last: st.LastSequence})
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/uptrace/bun"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/domain"
 	"github.com/identityd/identityd/projections/dbtest"
 )
@@ -77,8 +78,8 @@ func TestFaultSecretsNeverStored(t *testing.T) {
 	e := postgresEnv(t)
 	logs := &fxLogBuffer{}
 	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	in := fxStart(e, logger, func(c *config) { c.LogLevel = slog.LevelDebug })
-	base := in.url
+	in := fxStart(e, logger, func(*wiring.Config) {}) // the logger above logs at debug level
+	base := in.URL
 	secrets := map[string]string{} // value → what it is
 	keep := func(what, v string) string {
 		if v == "" {
@@ -201,7 +202,7 @@ func TestFaultSecretsNeverStored(t *testing.T) {
 	var tables []string
 
 	// (a) every row of every table of the test database, each row cast to text.
-	db := dbtest.Open(t, e.dbURL)
+	db := dbtest.Open(t, e.DBURL)
 	rows, err := db.QueryContext(ctx, `SELECT table_schema, table_name, count(*) FILTER (WHERE data_type IN ('text','character varying','character','json','jsonb','bytea','USER-DEFINED','ARRAY'))
 		FROM information_schema.columns WHERE table_catalog = current_database() AND table_schema NOT IN ('pg_catalog','information_schema')
 		GROUP BY 1, 2 ORDER BY 1, 2`)

@@ -19,6 +19,8 @@ import (
 	"os/signal"
 	"syscall"
 	"time"
+
+	"github.com/identityd/identityd/cmd/internal/wiring"
 )
 
 func main() {
@@ -41,16 +43,18 @@ func run(args []string) error {
 	defer stop()
 
 	started := time.Now()
-	a, err := newApp(ctx, cfg, logger)
+	wcfg := cfg.Config
+	wcfg.Logger = logger
+	a, err := wiring.Start(ctx, wcfg)
 	if err != nil {
 		return err
 	}
-	defer a.close()
+	defer a.Close()
 	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", cfg.HTTPAddr, err)
 	}
-	srv := a.api.NewServer() // timeouts, header limit, net/http's own refusals in the envelope
+	srv := a.API().NewServer() // timeouts, header limit, net/http's own refusals in the envelope
 	if cfg.DebugAddr != "" {
 		dl, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.DebugAddr)
 		if err != nil {
@@ -78,15 +82,15 @@ func run(args []string) error {
 // debugMux serves Go's profiles (net/http/pprof) and the credential cache's counters on their
 // own listener, never on the API's address: operators look inside a live instance without
 // exposing the endpoints to callers.
-func debugMux(a *app) *http.ServeMux {
+func debugMux(a *wiring.App) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/identityd/cache", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if a.cache == nil {
+		if a.Cache() == nil {
 			_, _ = w.Write([]byte(`{"enabled":false}` + "\n"))
 			return
 		}
-		_ = json.NewEncoder(w).Encode(a.cache.Stats())
+		_ = json.NewEncoder(w).Encode(a.Cache().Stats())
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)

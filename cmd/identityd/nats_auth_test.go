@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections/dbtest"
@@ -36,20 +37,20 @@ func TestEmbeddedNATSAuth(t *testing.T) {
 	}
 	// A restart on the same data dir keeps the keys handed out to subscribers.
 	in := startInstance(t, cfg, nil)
-	signUp(t, in.url, "grace@example.com", "Grace")
+	signUp(t, in.URL, "grace@example.com", "Grace")
 	if again, _ := embedded.PublicKey(reader); again != readerKey {
 		t.Fatal("the reader's key changed on restart")
 	}
-	nc, err := nats.Connect(in.app.ns.ClientURL(), opts...)
+	nc, err := nats.Connect(in.EmbeddedNATS().ClientURL(), opts...)
 	if err != nil {
 		t.Fatalf("the reader's key no longer works after a restart: %v", err)
 	}
 	nc.Close()
 }
 
-func firstStart(t *testing.T, cfg config) {
+func firstStart(t *testing.T, cfg wiring.Config) {
 	in := startInstance(t, cfg, nil)
-	_, id := signUp(t, in.url, "ada@example.com", "Ada")
+	_, id := signUp(t, in.URL, "ada@example.com", "Ada")
 
 	keyDir := embedded.KeyDir(cfg.DataDir)
 	for _, name := range []string{embedded.IdentitydSeedFile, embedded.ReaderSeedFile} {
@@ -61,7 +62,7 @@ func firstStart(t *testing.T, cfg config) {
 			t.Errorf("%s has mode %#o, want 0600", name, st.Mode().Perm())
 		}
 	}
-	url := in.app.ns.ClientURL()
+	url := in.EmbeddedNATS().ClientURL()
 	if !strings.HasPrefix(url, "nats://127.0.0.1:") {
 		t.Errorf("embedded NATS at %s, want loopback", url)
 	}

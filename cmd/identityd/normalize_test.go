@@ -13,12 +13,12 @@ func TestEmailLookAlikes(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
 	const password = "correct horse battery"
-	opsToken, opsID := signUp(t, in.url, "ops@example.com", "Ops")
-	if got := call(t, in.url, "GET", "/api/v0/user", opsToken, nil).json(t)["email"]; got != "ops@example.com" {
+	opsToken, opsID := signUp(t, in.URL, "ops@example.com", "Ops")
+	if got := call(t, in.URL, "GET", "/api/v0/user", opsToken, nil).json(t)["email"]; got != "ops@example.com" {
 		t.Fatalf("email = %v", got)
 	}
 	signUpAs := func(email, name string) response {
-		return call(t, in.url, "POST", "/api/v0/users", "", map[string]string{"email": email, "name": name, "password": password})
+		return call(t, in.URL, "POST", "/api/v0/users", "", map[string]string{"email": email, "name": name, "password": password})
 	}
 
 	sameAddress := []string{
@@ -65,15 +65,15 @@ func TestEmailLookAlikes(t *testing.T) {
 	// Log-in goes through the same canonical form: other spellings reach ops, look-alikes
 	// reach nobody.
 	for _, email := range sameAddress {
-		r := call(t, in.url, "POST", "/api/v0/sessions", "", map[string]string{"email": email, "password": password})
+		r := call(t, in.URL, "POST", "/api/v0/sessions", "", map[string]string{"email": email, "password": password})
 		mustStatus(t, r, http.StatusCreated)
-		u := call(t, in.url, "GET", "/api/v0/user", r.json(t)["token"].(string), nil).json(t)
+		u := call(t, in.URL, "GET", "/api/v0/user", r.json(t)["token"].(string), nil).json(t)
 		if u["uuid"] != opsID || u["email"] != "ops@example.com" {
 			t.Errorf("log-in as %q reached %v; want ops %s", email, u, opsID)
 		}
 	}
 	for _, email := range lookAlikes {
-		r := call(t, in.url, "POST", "/api/v0/sessions", "", map[string]string{"email": email, "password": password})
+		r := call(t, in.URL, "POST", "/api/v0/sessions", "", map[string]string{"email": email, "password": password})
 		if r.Status != http.StatusUnauthorized || r.errCode(t) != "invalid_credentials" {
 			t.Errorf("log-in as %q: %d %s; want 401 invalid_credentials", email, r.Status, r.Body)
 		}
@@ -90,7 +90,7 @@ func TestEmailLookAlikes(t *testing.T) {
 			t.Errorf("sign-up as %q: %d %s; want 409 email_taken", email, r.Status, r.Body)
 		}
 	}
-	mustStatus(t, call(t, in.url, "POST", "/api/v0/sessions", "", map[string]string{"email": "KATE@xn--bcher-kva.DE", "password": password}), http.StatusCreated)
+	mustStatus(t, call(t, in.URL, "POST", "/api/v0/sessions", "", map[string]string{"email": "KATE@xn--bcher-kva.DE", "password": password}), http.StatusCreated)
 }
 
 // TestInvisibleCharactersInNames: bidi overrides, zero-width and other invisible characters
@@ -99,32 +99,32 @@ func TestEmailLookAlikes(t *testing.T) {
 func TestInvisibleCharactersInNames(t *testing.T) {
 	e := postgresEnv(t)
 	in := e.start()
-	session, _ := signUp(t, in.url, "grace@example.com", "Grace")
+	session, _ := signUp(t, in.URL, "grace@example.com", "Grace")
 	bad := []string{"\u202Eevil", "ad\u200Ba", "ad\u200Da", "Grace\u2066x\u2069", "\uFEFFGrace", "Gr\u00ADace", "Grace\U000E0041", "\u3164"}
 	for _, name := range bad {
-		r := call(t, in.url, "POST", "/api/v0/users", "", map[string]string{"email": "new@example.com", "name": name, "password": "correct horse battery"})
+		r := call(t, in.URL, "POST", "/api/v0/users", "", map[string]string{"email": "new@example.com", "name": name, "password": "correct horse battery"})
 		if r.Status != http.StatusBadRequest || r.errCode(t) != "invalid_name" {
 			t.Errorf("sign-up with name %q: %d %s; want 400 invalid_name", name, r.Status, r.Body)
 		}
-		r = call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": name})
+		r = call(t, in.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": name})
 		if r.Status != http.StatusBadRequest || r.errCode(t) != "invalid_name" {
 			t.Errorf("rename to %q: %d %s; want 400 invalid_name", name, r.Status, r.Body)
 		}
-		r = call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]string{"description": name})
+		r = call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]string{"description": name})
 		if r.Status != http.StatusBadRequest || r.errCode(t) != "invalid_description" {
 			t.Errorf("token described %q: %d %s; want 400 invalid_description", name, r.Status, r.Body)
 		}
 	}
-	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Grace" {
+	if got := call(t, in.URL, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Grace" {
 		t.Fatalf("name after refused renames: %q", got)
 	}
-	if n := len(call(t, in.url, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
+	if n := len(call(t, in.URL, "GET", "/api/v0/user/api-tokens", session, nil).json(t)["api_tokens"].([]any)); n != 0 {
 		t.Fatalf("%d tokens stored from refused descriptions", n)
 	}
 	// The new@example.com address was never claimed.
-	signUp(t, in.url, "new@example.com", "New")
+	signUp(t, in.URL, "new@example.com", "New")
 
-	r := call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Gra\u0300ce 👩🏽‍💻"})
+	r := call(t, in.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Gra\u0300ce 👩🏽‍💻"})
 	mustStatus(t, r, http.StatusOK)
 	if got := r.json(t)["name"]; got != "Gràce 👩🏽‍💻" {
 		t.Fatalf("renamed to %q, want the NFC form", got)

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
 )
@@ -19,9 +20,9 @@ func TestDataDirIsPrivate(t *testing.T) {
 	defer syscall.Umask(old)
 	e := newEnv(t, dbtest.Backends[1])
 	dir := filepath.Join(t.TempDir(), "data")
-	e.dbURL = projections.SQLiteURL(filepath.Join(dir, "identityd.db")) // where identityd puts it by default
-	in := e.startWith(func(c *config) { c.DataDir = dir })
-	signUp(t, in.url, "perlman@example.com", "Radia") // writes: the WAL exists
+	e.DBURL = projections.SQLiteURL(filepath.Join(dir, "identityd.db")) // where identityd puts it by default
+	in := e.startWith(func(c *wiring.Config) { c.DataDir = dir })
+	signUp(t, in.URL, "perlman@example.com", "Radia") // writes: the WAL exists
 	want := map[string]os.FileMode{dir: 0o700}
 	for _, f := range []string{"identityd.db", "identityd.db-wal", "identityd.db-shm"} {
 		want[filepath.Join(dir, f)] = 0o600

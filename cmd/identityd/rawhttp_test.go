@@ -27,7 +27,7 @@ func TestMalformedRequestsGetTheEnvelope(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := in.app.api.NewServer()
+	srv := in.API().NewServer()
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
 	addr := ln.Addr().String()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/identityd/identityd/bench/benchtoken"
 	"github.com/identityd/identityd/cmd/internal/eventkeys"
+	"github.com/identityd/identityd/cmd/internal/wiring"
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/events/eventstoretest"
 	"github.com/identityd/identityd/projections/dbtest"
@@ -30,7 +31,7 @@ import (
 func TestForgedEventsAreRefused(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[0])
 	in := e.start()
-	session, victim := signUp(t, in.url, "victim@example.com", "Victim")
+	session, victim := signUp(t, in.URL, "victim@example.com", "Victim")
 	ctx := context.Background()
 
 	st := e.store()
@@ -60,26 +61,26 @@ func TestForgedEventsAreRefused(t *testing.T) {
 			t.Fatal(err)
 		}
 		chain = next
-		e.forged = append(e.forged, ack.Sequence)
+		e.Forged = append(e.Forged, ack.Sequence)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if err := in.app.projector.WaitFor(wctx, e.forged[len(e.forged)-1]); err != nil {
+	if err := in.Projector().WaitFor(wctx, e.Forged[len(e.Forged)-1]); err != nil {
 		t.Fatal(err)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
+	if r := call(t, in.URL, "GET", "/api/v0/user", secret, nil); r.Status != 401 {
 		t.Fatalf("the forged token authenticated: %d %s", r.Status, r.Body)
 	}
-	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim" {
+	if got := call(t, in.URL, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim" {
 		t.Fatalf("the forged rename took effect: name %v", got)
 	}
-	if in.app.projector.Refused() != 2 {
-		t.Fatalf("projector counted %d refused events, want 2", in.app.projector.Refused())
+	if in.Projector().Refused() != 2 {
+		t.Fatalf("projector counted %d refused events, want 2", in.Projector().Refused())
 	}
 	// The domain skips the forged events but expects their positions: commands still work.
-	r := call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Victim Again"})
+	r := call(t, in.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Victim Again"})
 	mustStatus(t, r, 200)
-	if got := call(t, in.url, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim Again" {
+	if got := call(t, in.URL, "GET", "/api/v0/user", session, nil).json(t)["name"]; got != "Victim Again" {
 		t.Fatalf("rename after the forgery: %v", got)
 	}
 }
@@ -90,9 +91,9 @@ func TestForgedEventsAreRefused(t *testing.T) {
 func TestEventKeysArePublished(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[1])
 	dataDir := t.TempDir()
-	in := e.startWith(func(c *config) { c.DataDir = dataDir })
-	signUp(t, in.url, "keys@example.com", "Keys")
-	r := call(t, in.url, "GET", "/api/v0/event-keys", "", nil)
+	in := e.startWith(func(c *wiring.Config) { c.DataDir = dataDir })
+	signUp(t, in.URL, "keys@example.com", "Keys")
+	r := call(t, in.URL, "GET", "/api/v0/event-keys", "", nil)
 	mustStatus(t, r, 200)
 	var body struct {
 		SigningKeyID string `json:"signing_key_id"`
@@ -145,13 +146,13 @@ func TestEventKeysArePublished(t *testing.T) {
 func TestReplayedEventsAreRefused(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[0])
 	in := e.start()
-	session, owner := signUp(t, in.url, "replayed@example.com", "Owner")
-	r := call(t, in.url, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "leaked"})
+	session, owner := signUp(t, in.URL, "replayed@example.com", "Owner")
+	r := call(t, in.URL, "POST", "/api/v0/user/api-tokens", session, map[string]any{"description": "leaked"})
 	mustStatus(t, r, 201)
 	leaked := r.json(t)["token"].(string)
 	tokID := r.json(t)["api_token"].(map[string]any)["id"].(string)
-	mustStatus(t, call(t, in.url, "DELETE", "/api/v0/user/api-tokens/"+tokID, session, nil), 204)
-	mustStatus(t, call(t, in.url, "GET", "/api/v0/user", leaked, nil), 401)
+	mustStatus(t, call(t, in.URL, "DELETE", "/api/v0/user/api-tokens/"+tokID, session, nil), 204)
+	mustStatus(t, call(t, in.URL, "GET", "/api/v0/user", leaked, nil), 401)
 
 	ctx := context.Background()
 	st := e.store()
@@ -176,26 +177,26 @@ func TestReplayedEventsAreRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.replayed = append(e.replayed, ack.Sequence)
+	e.Replayed = append(e.Replayed, ack.Sequence)
 	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if err := in.app.projector.WaitFor(wctx, ack.Sequence); err != nil {
+	if err := in.Projector().WaitFor(wctx, ack.Sequence); err != nil {
 		t.Fatal(err)
 	}
-	if r := call(t, in.url, "GET", "/api/v0/user", leaked, nil); r.Status != 401 {
+	if r := call(t, in.URL, "GET", "/api/v0/user", leaked, nil); r.Status != 401 {
 		t.Fatalf("the replay brought the revoked token back: %d %s", r.Status, r.Body)
 	}
-	if in.app.projector.Refused() != 1 {
-		t.Fatalf("projector counted %d refused events, want 1", in.app.projector.Refused())
+	if in.Projector().Refused() != 1 {
+		t.Fatalf("projector counted %d refused events, want 1", in.Projector().Refused())
 	}
 	// The owner's aggregate skips the replay and expects its position: commands still work, and
 	// a second instance, loading the history from the stream, agrees.
-	mustStatus(t, call(t, in.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Owner Again"}), 200)
+	mustStatus(t, call(t, in.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Owner Again"}), 200)
 	other := e.start()
-	if r := call(t, other.url, "GET", "/api/v0/user", leaked, nil); r.Status != 401 {
+	if r := call(t, other.URL, "GET", "/api/v0/user", leaked, nil); r.Status != 401 {
 		t.Fatalf("second instance: %d %s", r.Status, r.Body)
 	}
-	mustStatus(t, call(t, other.url, "PATCH", "/api/v0/user", session, map[string]string{"name": "Owner Thrice"}), 200)
+	mustStatus(t, call(t, other.URL, "PATCH", "/api/v0/user", session, map[string]string{"name": "Owner Thrice"}), 200)
 }
 
 // TestForgedGrantDoesNotBlockBootstrap: an admin_granted written without the signing key
@@ -204,8 +205,8 @@ func TestReplayedEventsAreRefused(t *testing.T) {
 func TestForgedGrantDoesNotBlockBootstrap(t *testing.T) {
 	e := newEnv(t, dbtest.Backends[1])
 	in := e.start()
-	opsSession, ops := signUp(t, in.url, "ops@example.com", "Ops")
-	attackerSession, attacker := signUp(t, in.url, "mallory@example.com", "Mallory")
+	opsSession, ops := signUp(t, in.URL, "ops@example.com", "Ops")
+	attackerSession, attacker := signUp(t, in.URL, "mallory@example.com", "Mallory")
 	key, err := events.NewSigningKey(bytes.Repeat([]byte("mallory!"), 4))
 	if err != nil {
 		t.Fatal(err)
@@ -220,19 +221,19 @@ func TestForgedGrantDoesNotBlockBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.forged = append(e.forged, ack.Sequence)
+	e.Forged = append(e.Forged, ack.Sequence)
 
-	e.bootstrapAdmin = ops
+	e.BootstrapAdmin = ops
 	admin := e.start()
-	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", opsSession, nil), 200)
-	mustStatus(t, call(t, admin.url, "GET", "/api/v0/admin/events", attackerSession, nil), 403)
+	mustStatus(t, call(t, admin.URL, "GET", "/api/v0/admin/events", opsSession, nil), 200)
+	mustStatus(t, call(t, admin.URL, "GET", "/api/v0/admin/events", attackerSession, nil), 403)
 }
 
 // writer is a JetStream client with publish rights on the stream but without the signing key:
 // the attacker these tests play.
 func writer(t *testing.T, e *env) jetstream.JetStream {
 	t.Helper()
-	nc, err := nats.Connect(e.natsURL, natsTestCredentials(t, e)...)
+	nc, err := nats.Connect(e.NATSURL, natsTestCredentials(t, e)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,9 +46,9 @@ func (a *API) authenticate(c *gin.Context) {
 	}
 	var cred projections.Credential
 	if kind == domain.SessionToken {
-		cred, err = a.cfg.ReadModel.SessionByDigest(c.Request.Context(), digest)
+		cred, err = a.cfg.Credentials.SessionByDigest(c.Request.Context(), digest)
 	} else {
-		cred, err = a.cfg.ReadModel.APITokenByDigest(c.Request.Context(), digest)
+		cred, err = a.cfg.Credentials.APITokenByDigest(c.Request.Context(), digest)
 	}
 	switch {
 	case errors.Is(err, projections.ErrNotFound):

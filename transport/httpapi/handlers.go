@@ -217,7 +217,7 @@ func (a *API) getUser(c *gin.Context) {
 	u := p.user
 	if p.profileStale { // a rename arrived since the credential was cached: read the profile
 		var err error
-		u, err = a.cfg.ReadModel.User(c.Request.Context(), p.user.ID)
+		u, err = a.cfg.Credentials.User(c.Request.Context(), p.user.ID)
 		switch {
 		case errors.Is(err, projections.ErrNotFound): // deleted since it authenticated
 			a.abort(c, domain.ErrUserNotFound)

@@ -23,12 +23,17 @@ import (
 //go:embed openapi.yaml
 var OpenAPI []byte
 
-// ReadModel is what the API reads: credentials for authentication, profiles, and the token
-// list.
-type ReadModel interface {
+// Credentials answers who a bearer token belongs to, and the user's profile. With the
+// credential cache on it is the cache (credcache.Cache), which answers from memory and refreshes
+// profiles a rename made stale; otherwise it is the read model itself.
+type Credentials interface {
 	APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error)
 	SessionByDigest(ctx context.Context, digest string) (projections.Credential, error)
 	User(ctx context.Context, id uuid.UUID) (projections.UserRow, error)
+}
+
+// ReadModel is what the API lists from the read model: a user's tokens and the audit log.
+type ReadModel interface {
 	Tokens(ctx context.Context, userID uuid.UUID) ([]projections.Token, error)
 	AuditEvents(ctx context.Context, f projections.AuditFilter) ([]projections.AuditRow, error)
 }
@@ -52,9 +57,12 @@ type Usage interface {
 
 // Config wires the API to the domain and the read side.
 type Config struct {
-	Service   *domain.Service
-	ReadModel ReadModel
-	Barrier   Barrier
+	Service *domain.Service
+	// Credentials authenticates callers and reads profiles; ReadModel lists tokens and audit
+	// rows. Without the cache both are the read model.
+	Credentials Credentials
+	ReadModel   ReadModel
+	Barrier     Barrier
 	// Fence, when credentials are cached in memory, is the cache's commit wait; nil when not.
 	Fence Fence
 	Usage Usage
@@ -90,8 +98,8 @@ func (c *Config) fill() {
 
 // Validate reports a configuration that cannot work.
 func (c Config) Validate() error {
-	if c.Service == nil || c.ReadModel == nil || c.Barrier == nil || c.Usage == nil {
-		return errors.New("httpapi: Service, ReadModel, Barrier and Usage are required")
+	if c.Service == nil || c.Credentials == nil || c.ReadModel == nil || c.Barrier == nil || c.Usage == nil {
+		return errors.New("httpapi: Service, Credentials, ReadModel, Barrier and Usage are required")
 	}
 	if c.EventKeys.Trusted == nil {
 		return errors.New("httpapi: EventKeys are required")

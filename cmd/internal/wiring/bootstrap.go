@@ -1,4 +1,4 @@
-package main
+package wiring
 
 import (
 	"context"
@@ -15,25 +15,25 @@ import (
 	"github.com/identityd/identityd/projections"
 )
 
-// bootstrapTarget is IDENTITYD_BOOTSTRAP_ADMIN parsed: a user id, or a normalized e-mail.
-type bootstrapTarget struct {
-	id    uuid.UUID
-	email string
+// BootstrapTarget is IDENTITYD_BOOTSTRAP_ADMIN parsed: a user id, or a normalized e-mail.
+type BootstrapTarget struct {
+	ID    uuid.UUID
+	Email string
 }
 
-// parseBootstrapAdmin reads a user id (canonical UUID) or an e-mail address.
-func parseBootstrapAdmin(v string) (bootstrapTarget, error) {
+// ParseBootstrapAdmin reads a user id (canonical UUID) or an e-mail address.
+func ParseBootstrapAdmin(v string) (BootstrapTarget, error) {
 	if id, err := uuid.Parse(v); err == nil && len(v) == 36 {
-		return bootstrapTarget{id: id}, nil
+		return BootstrapTarget{ID: id}, nil
 	}
 	if !strings.Contains(v, "@") {
-		return bootstrapTarget{}, errors.New("must be a user id (UUID) or an e-mail address")
+		return BootstrapTarget{}, errors.New("must be a user id (UUID) or an e-mail address")
 	}
 	email, err := domain.NormalizeEmail(v)
 	if err != nil {
-		return bootstrapTarget{}, fmt.Errorf("not a valid e-mail address: %w", err)
+		return BootstrapTarget{}, fmt.Errorf("not a valid e-mail address: %w", err)
 	}
-	return bootstrapTarget{email: email}, nil
+	return BootstrapTarget{Email: email}, nil
 }
 
 // adminGrantedFilter matches every admin_granted event of every user.
@@ -58,7 +58,7 @@ func bootstrapAdmin(ctx context.Context, setting string, svc *domain.Service, st
 	if setting == "" {
 		return 0, nil
 	}
-	target, err := parseBootstrapAdmin(setting)
+	target, err := ParseBootstrapAdmin(setting)
 	if err != nil {
 		return 0, fmt.Errorf("IDENTITYD_BOOTSTRAP_ADMIN: %w", err)
 	}
@@ -75,12 +75,12 @@ func bootstrapAdmin(ctx context.Context, setting string, svc *domain.Service, st
 			return 0, nil
 		}
 	}
-	id := target.id
+	id := target.ID
 	if id == uuid.Nil {
-		id, err = svc.UserIDByEmail(ctx, target.email)
+		id, err = svc.UserIDByEmail(ctx, target.Email)
 		if errors.Is(err, domain.ErrUserNotFound) {
 			logger.Warn("bootstrap admin: no account holds this address yet; sign it up and restart identityd to make it the first administrator",
-				"email", target.email)
+				"email", target.Email)
 			return 0, nil
 		}
 		if err != nil {

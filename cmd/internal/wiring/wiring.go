@@ -1,35 +1,77 @@
-package main
+// Package wiring builds identityd's object graph from one Config: NATS (embedded, with the
+// keys it generates, or external), the event keys, the event store, the read-model database,
+// the projector, the credential cache with instance presence, the domain service, the
+// bootstrap administrator and the HTTP API, closed again in dependency order (Start, App.Close).
+// It also opens the reader's side an auditor uses (OpenReader, OpenReadModel) and runs the
+// consistency check (Verify), so identityd, identityctl and the tests share one wiring.
+//
+// Files: wiring.go (Config, Start, App), nats.go (the service's NATS connection), secret.go
+// (the data dir's secret key), bootstrap.go (the first administrator), reader.go (an auditor's
+// store and read model), verify.go (the check behind `identityctl verify`).
+package wiring
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/cmd/internal/eventkeys"
 	"github.com/identityd/identityd/domain"
-	"github.com/identityd/identityd/events/embedded"
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/credcache"
 	"github.com/identityd/identityd/transport/httpapi"
 )
 
-// app is one identityd instance, wired explicitly: embedded or external NATS → event store →
-// domain service; read-model database → projector and read model; all of it → HTTP API.
-type app struct {
+// Config is everything one identityd instance is built from (cmd/identityd reads it from flags
+// and the environment; tests fill it directly).
+type Config struct {
+	DataDir      string
+	NATSURL      string // "" runs an embedded NATS server
+	NATSListen   string // the embedded server's client address
+	NATSCreds    string // identityd's credentials for an external NATS
+	NATSReplicas int
+	DatabaseURL  string // "" is SQLite in DataDir
+	SecretKey    []byte // nil: generated into DataDir
+	// EventSigningSeed overrides the event-signing key derived from SecretKey (rotation).
+	EventSigningSeed []byte
+	// EventPublicKeys are further trusted event public keys (earlier rotations), as text.
+	EventPublicKeys string
+	// UnsignedThrough is the last stream sequence at which unsigned (pre-signing) events are
+	// accepted.
+	UnsignedThrough uint64
+	PublicURL       string
+	SessionTTL      time.Duration
+	Argon2MemKiB    uint32
+	Argon2Time      uint32
+	ConsistencyMax  time.Duration
+	CacheLease      time.Duration // 0 turns the credential cache off
+	CacheEntries    int
+	// BootstrapAdmin is the first administrator: a user id, or an e-mail resolved at start-up
+	// to the id of the account holding it (bootstrapAdmin). "" for none.
+	BootstrapAdmin string
+	TrustedProxies []string
+	// Presence holds the timings of the instance registry (credcache.PresenceConfig); not a
+	// setting: zero takes the defaults, tests shorten them.
+	Presence credcache.PresenceConfig
+	// Logger receives the instance's logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// App is one running identityd instance: everything but the HTTP listener.
+type App struct {
 	api       *httpapi.API
+	svc       *domain.Service
+	store     *eventstore.Store
 	projector *projections.Projector
 	usage     *projections.UsageTracker
 	db        *bun.DB
@@ -44,61 +86,48 @@ type app struct {
 	cancel    context.CancelFunc
 }
 
-// newApp starts everything but the HTTP listener.
-func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err error) {
-	a := &app{logger: logger}
+// API is the HTTP API, to be served by the caller.
+func (a *App) API() *httpapi.API { return a.api }
+
+// Service is the domain service the API writes through.
+func (a *App) Service() *domain.Service { return a.svc }
+
+// Store is the event store, opened with the instance's signing key.
+func (a *App) Store() *eventstore.Store { return a.store }
+
+// Projector is the running projector that keeps the read model.
+func (a *App) Projector() *projections.Projector { return a.projector }
+
+// Cache is the credential cache; nil when CacheLease is 0.
+func (a *App) Cache() *credcache.Cache { return a.cache }
+
+// Presence is the instance's entry in the registry of cache holders; nil with the cache off.
+func (a *App) Presence() *credcache.Presence { return a.presence }
+
+// NATS is the instance's NATS connection.
+func (a *App) NATS() *nats.Conn { return a.nc }
+
+// EmbeddedNATS is the in-process NATS server; nil with an external NATS.
+func (a *App) EmbeddedNATS() *server.Server { return a.ns }
+
+// Start builds and starts an instance: everything but the HTTP listener. On error, what was
+// started is closed again.
+func Start(ctx context.Context, cfg Config) (_ *App, err error) {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	a := &App{logger: logger}
 	defer func() { //nolint:contextcheck // tearing down a failed start: each close bounds its own requests
 		if err != nil {
-			a.close()
+			a.Close()
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil { // secret key, event store, read model: owner only
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-
-	natsURL, natsCreds := cfg.NATSURL, cfg.NATSCreds
-	if natsURL == "" {
-		keys, err := embedded.LoadOrCreateKeys(embedded.KeyDir(cfg.DataDir))
-		if err != nil {
-			return nil, err
-		}
-		a.ns, err = embedded.Start(embedded.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Listen: cfg.NATSListen, Keys: keys})
-		if err != nil {
-			return nil, err
-		}
-		natsURL, natsCreds = a.ns.ClientURL(), keys.IdentitydSeed()
-		logger.Info("embedded NATS JetStream started", "url", natsURL, "store", filepath.Join(cfg.DataDir, "nats"),
-			"reader_credentials", keys.ReaderSeed())
-		if !embedded.Loopback(cfg.NATSListen) {
-			logger.Warn("embedded NATS listens beyond this host; clients still need the reader's or identityd's key",
-				"listen", cfg.NATSListen)
-		}
-	} else if natsCreds == "" {
-		logger.Warn("connecting to NATS without credentials: anyone who reaches it may publish events; set IDENTITYD_NATS_CREDS",
-			"url", eventstore.RedactURL(natsURL))
-	}
-	var auth []nats.Option
-	if natsCreds != "" {
-		if auth, err = embedded.ClientOptions(natsCreds, true); err != nil {
-			return nil, err
-		}
-	} else {
-		auth = []nats.Option{nats.CustomInboxPrefix(embedded.IdentitydInboxPrefix)}
-	}
-	var store *eventstore.Store
-	a.nc, err = nats.Connect(natsURL, append(auth, nats.Name("identityd"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(250*time.Millisecond), nats.RetryOnFailedConnect(false),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("NATS disconnected", "err", err)
-			if store != nil {
-				store.ConnectionLost() // appends waiting for an ack answer 503 now, not after their timeout
-			}
-		}),
-		nats.ReconnectHandler(func(nc *nats.Conn) { logger.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
-		// Permission refusals arrive here, not as the refused call's error.
-		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) { logger.Error("NATS error", "err", err) }))...)
-	if err != nil {
-		return nil, fmt.Errorf("connect to NATS at %s: %w", eventstore.RedactURL(natsURL), err)
+	if err := a.connectNATS(cfg); err != nil {
+		return nil, err
 	}
 	key := cfg.SecretKey
 	if key == nil {
@@ -117,7 +146,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err := eventkeys.WriteFile(cfg.DataDir, signer, keys); err != nil {
 		return nil, err
 	}
-	store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas, Keys: keys, Signer: signer})
+	a.store, err = eventstore.Open(ctx, eventstore.Config{Conn: a.nc, Replicas: cfg.NATSReplicas, Keys: keys, Signer: signer})
 	if err != nil {
 		return nil, err
 	}
@@ -131,19 +160,19 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: store.JetStream(), Keys: store.Keys(), Logger: logger})
+	a.projector, err = projections.NewProjector(ctx, projections.ProjectorConfig{DB: a.db, JetStream: a.store.JetStream(), Keys: a.store.Keys(), Logger: logger})
 	if err != nil {
 		return nil, err
 	}
 	rm := projections.NewReadModel(a.db, projections.CurrentTables)
-	var creds httpapi.ReadModel = rm
+	var creds httpapi.Credentials = rm
 	var fence httpapi.Fence
 	if cfg.CacheLease > 0 {
 		if a.pingDB, err = projections.OpenDB(ctx, projections.DBConfig{URL: dbURL, MaxOpenConns: 1}); err != nil {
 			return nil, err
 		}
 		a.lease = cfg.CacheLease
-		pcfg := presenceConfig(cfg, a.nc, store.StreamConfig().Replicas)
+		pcfg := PresenceConfig(cfg, a.nc, a.store.StreamConfig().Replicas)
 		if m := pcfg.WithDefaults().Margin; m <= 2*cfg.CacheLease {
 			return nil, fmt.Errorf("instance registry margin %s must exceed twice the cache lease %s", m, cfg.CacheLease)
 		}
@@ -152,14 +181,14 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		}
 		// Before the projector runs, so the cache sees every event arrive.
 		a.cache, err = credcache.New(credcache.Config{ //nolint:contextcheck // its health check lives until close, not for this call
-			ReadModel: rm, Head: store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
+			ReadModel: rm, Head: a.store.LastSequence, Projection: a.projector, Lease: cfg.CacheLease, MaxEntries: cfg.CacheEntries,
 			Peers: a.presence,
 			Ping:  func(ctx context.Context) error { _, err := a.pingDB.ExecContext(ctx, "SELECT 1"); return err },
 		})
 		if err != nil {
 			return nil, err
 		}
-		creds, fence = cachedCredentials{ReadModel: rm, Cache: a.cache}, a.cache
+		creds, fence = a.cache, a.cache
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a.cancel = cancel
@@ -173,7 +202,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 		return nil, errors.New("projector did not start within 30s")
 	}
 
-	svc, err := domain.NewService(store, domain.ServiceConfig{
+	a.svc, err = domain.NewService(a.store, domain.ServiceConfig{
 		Password:          domain.PasswordParams{MemoryKiB: cfg.Argon2MemKiB, Time: cfg.Argon2Time, Threads: 1},
 		SessionTTL:        cfg.SessionTTL,
 		IdempotencySecret: key,
@@ -181,7 +210,7 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	if err != nil {
 		return nil, err
 	}
-	seq, err := bootstrapAdmin(ctx, cfg.BootstrapAdmin, svc, store, logger)
+	seq, err := bootstrapAdmin(ctx, cfg.BootstrapAdmin, a.svc, a.store, logger)
 	if err != nil {
 		return nil, err
 	}
@@ -190,8 +219,8 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	}
 	a.usage = projections.NewUsageTracker(ctx, rm, time.Second, logger)
 	a.api, err = httpapi.New(httpapi.Config{
-		Service: svc, ReadModel: creds, Barrier: a.projector, Fence: fence, Usage: a.usage,
-		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: store.Keys()},
+		Service: a.svc, Credentials: creds, ReadModel: rm, Barrier: a.projector, Fence: fence, Usage: a.usage,
+		EventKeys: httpapi.EventKeys{Signing: signer.PublicKey(), Trusted: a.store.Keys()},
 		PublicURL: cfg.PublicURL, ConsistencyTimeout: cfg.ConsistencyMax, Logger: logger,
 		TrustedProxies: cfg.TrustedProxies,
 		Ready: func(ctx context.Context) error {
@@ -207,9 +236,9 @@ func newApp(ctx context.Context, cfg config, logger *slog.Logger) (_ *app, err e
 	return a, nil
 }
 
-// presenceConfig is the instance registry's configuration: the test timings if set, else
+// PresenceConfig is the instance registry's configuration: the test timings if set, else
 // the defaults, stretched for a lease over 100ms (the margin must cover a lease many times).
-func presenceConfig(cfg config, nc *nats.Conn, replicas int) credcache.PresenceConfig {
+func PresenceConfig(cfg Config, nc *nats.Conn, replicas int) credcache.PresenceConfig {
 	p := cfg.Presence
 	p.Conn, p.Replicas = nc, replicas
 	if p.Margin <= 0 && cfg.CacheLease > 100*time.Millisecond {
@@ -219,8 +248,8 @@ func presenceConfig(cfg config, nc *nats.Conn, replicas int) credcache.PresenceC
 	return p
 }
 
-// close stops the instance in dependency order; it tolerates a partly started app.
-func (a *app) close() {
+// Close stops the instance in dependency order; it tolerates a partly started App.
+func (a *App) Close() {
 	if a.cancel != nil {
 		a.cancel()
 	}
@@ -254,48 +283,4 @@ func (a *app) close() {
 		a.ns.Shutdown()
 		a.ns.WaitForShutdown()
 	}
-}
-
-// loadOrCreateKey reads the instance's secret key, creating it (0600) on first start.
-func loadOrCreateKey(path string) ([]byte, error) {
-	b, err := os.ReadFile(path) //nolint:gosec // path is under the configured data dir
-	if err == nil {
-		key, derr := hex.DecodeString(strings.TrimSpace(string(b)))
-		if derr != nil || len(key) < 32 {
-			return nil, fmt.Errorf("%s: not a hex key of at least 32 bytes", path)
-		}
-		return key, nil
-	}
-	if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	key := make([]byte, 32)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
-	}
-	if err := os.WriteFile(path, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
-		return nil, fmt.Errorf("write secret key: %w", err)
-	}
-	return key, nil
-}
-
-// cachedCredentials is the read model with credential lookups answered by the cache.
-type cachedCredentials struct {
-	*projections.ReadModel
-	*credcache.Cache
-}
-
-// APITokenByDigest is the cache's.
-func (c cachedCredentials) APITokenByDigest(ctx context.Context, digest string) (projections.Credential, error) {
-	return c.Cache.APITokenByDigest(ctx, digest)
-}
-
-// User is the cache's: it refreshes cached profiles marked stale by a rename.
-func (c cachedCredentials) User(ctx context.Context, id uuid.UUID) (projections.UserRow, error) {
-	return c.Cache.User(ctx, id)
-}
-
-// SessionByDigest is the cache's.
-func (c cachedCredentials) SessionByDigest(ctx context.Context, digest string) (projections.Credential, error) {
-	return c.Cache.SessionByDigest(ctx, digest)
 }
