@@ -23,12 +23,13 @@ const (
 // Replay hands the events from stream sequence `from` to `end` (inclusive) to each, in stream
 // order, in batches of up to `batch` events, and returns when it has handed out `end`, when the
 // stream holds nothing more to hand out (a short replay: the caller decides what that means),
-// at the first error of each or of decoding, or when ctx ends.
+// at the first error of each or of decoding, or when ctx ends. An event whose signature does
+// not verify is handed out as a stub with Refusal set.
 //
 // It reads with one ordered consumer, not with direct gets: for reading the whole stream that
-// is about four times cheaper for the server and the client together (measured on 300,000
-// events: 14 against 58 µs of CPU per message, before decoding), because the server streams the
-// stored messages as they are instead of answering each with generated headers. Decoding, the
+// is several times cheaper for the server and the client together (README, "Performance"),
+// because the server streams the stored messages as they are instead of answering each with
+// generated headers. Decoding, the
 // client's main cost after that, runs on up to GOMAXPROCS goroutines, one batch each, and the
 // batches are handed out in order. Rebuilds and verification read the whole stream this way;
 // short reads (loads, the projection feed's bridge) keep using DirectRead, which needs no
