@@ -25,8 +25,8 @@ type VerifyConfig struct {
 	DB *bun.DB
 	// Projections are the read models to compare; those that are Checkers are compared.
 	Projections []Projection
-	Read StreamReader
-	Last func(ctx context.Context) (uint64, error)
+	Read        StreamReader
+	Last        func(ctx context.Context) (uint64, error)
 	// Replay, if set, reads the stream in place of Read: one streaming read is cheaper than
 	// many range reads.
 	Replay StreamReplayer

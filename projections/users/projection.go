@@ -105,7 +105,6 @@ type SessionRow struct {
 	ExpiresAt time.Time `bun:"expires_at,notnull"`
 }
 
-
 // tokenUsageRow is when a token or session was last used. It is not event-sourced (an event per
 // request would flood the stream) and not versioned, so it survives a rebuild.
 type tokenUsageRow struct {
