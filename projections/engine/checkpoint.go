@@ -8,7 +8,7 @@ import (
 	"github.com/uptrace/bun"
 )
 
-// Checkpoint is one projection's position.
+// Checkpoint is one generation's position, shared by all its projections.
 type Checkpoint struct {
 	Name      string    `json:"projection"`
 	Position  uint64    `json:"position"`
