@@ -22,12 +22,12 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 				typ = "TIMESTAMP"
 			}
 			// The table as builds before administrator events created it.
-			if _, err := db.ExecContext(ctx, "CREATE TABLE "+g.Users()+" (id UUID PRIMARY KEY, email VARCHAR NOT NULL, name VARCHAR NOT NULL, "+
+			if _, err := db.ExecContext(ctx, "CREATE TABLE "+tableOf(g, "users")+" (id UUID PRIMARY KEY, email VARCHAR NOT NULL, name VARCHAR NOT NULL, "+
 				"personal_org_slug VARCHAR NOT NULL, created_at "+typ+" NOT NULL, updated_at "+typ+" NOT NULL, version BIGINT NOT NULL)"); err != nil {
 				t.Fatal(err)
 			}
 			old := userRow(aliceID, "Alice", 1)
-			if _, err := db.NewInsert().Model(&old).ModelTableExpr(g.Users()).ExcludeColumn("admin").Exec(ctx); err != nil {
+			if _, err := db.NewInsert().Model(&old).ModelTableExpr(tableOf(g, "users")).ExcludeColumn("admin").Exec(ctx); err != nil {
 				t.Fatal(err)
 			}
 			for range 2 { // idempotent, like every start
@@ -35,7 +35,7 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 					t.Fatalf("CreateSchema on the old table: %v", err)
 				}
 			}
-			checkRows(t, g.Users(), readUsers(t, db, g), []UserRow{old}, sameUser, fmtUser)
+			checkRows(t, tableOf(g, "users"), readUsers(t, db, g), []UserRow{old}, sameUser, fmtUser)
 			// Alice's registration was applied at 1 already (the checkpoint says so).
 			if _, err := db.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 1").Where("name = ?", g.Checkpoint()).Exec(ctx); err != nil {
 				t.Fatal(err)
@@ -46,7 +46,7 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 			}
 			want := old
 			want.Admin, want.UpdatedAt, want.Version = true, evTime(2), 2
-			checkRows(t, g.Users(), readUsers(t, db, g), []UserRow{want}, sameUser, fmtUser)
+			checkRows(t, tableOf(g, "users"), readUsers(t, db, g), []UserRow{want}, sameUser, fmtUser)
 		})
 	}
 }
@@ -81,7 +81,7 @@ func TestVerifyReportsATamperedAdminFlag(t *testing.T) {
 		t.Fatalf("differences before tampering: %+v", d)
 	}
 	// Bob made an administrator in the database only; Alice's rights taken away there only.
-	if _, err := db.ExecContext(ctx, "UPDATE "+CurrentTables.Users()+" SET admin = NOT admin"); err != nil {
+	if _, err := db.ExecContext(ctx, "UPDATE "+tableOf(CurrentTables, "users")+" SET admin = NOT admin"); err != nil {
 		t.Fatal(err)
 	}
 	d := verify()

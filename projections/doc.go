@@ -1,13 +1,16 @@
-// Package projections builds identityd's queryable read models from the event stream.
+// Package projections is identityd's read side as the service uses it: the read models it
+// keeps (All: users and credentials, audit log) run by one engine, and the queries the HTTP
+// API asks of them (ReadModel).
 //
-// A Projector consumes the stream through a Watermill router (recoverer, retry and poison-queue
-// middleware) from a subscriber (subscriber.go) that verifies, decodes and batches what the
-// event store's feed (eventstore.Feed) hands on in stream order. Each batch
-// is applied in one database transaction together with the projection's checkpoint, so
-// redelivery, crashes and restarts apply every event exactly once in effect. Reducers are a
-// table from event type to a function that changes rows (see reducers.go), and every read-model
-// table name carries a schema version so a projection can be rebuilt into fresh tables.
+//   - register.go lists the read models; a new one is a package implementing
+//     engine.Projection plus one line there.
+//   - projections.go names the engine's entry points (NewProjector, Rebuild, Verify,
+//     Checkpoints, CreateSchema, ApplyBatch) with every read model registered, and ReadModel,
+//     which answers from all of them.
 //
-// The read side (ReadModel) answers the HTTP API's queries through bun, on PostgreSQL or SQLite.
-// The in-memory credential cache over it is package credcache.
+// The pieces live in sub-packages: engine (the Projection contract; the live projector,
+// checkpoints, rebuild with its bulk/COPY path, verify), users (users, API tokens, sessions,
+// credential use), audit (the audit log and the event-id replay guard), sqldb (opening the
+// database), credcache (the in-memory credential cache over ReadModel) and dbtest (throwaway
+// databases for tests).
 package projections

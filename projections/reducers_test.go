@@ -217,8 +217,8 @@ func sessionRow(ev events.SessionStarted) SessionRow {
 func readUsers(t testing.TB, db *bun.DB, g Tables) []UserRow {
 	t.Helper()
 	var rows []UserRow
-	if err := db.NewSelect().Model(&rows).ModelTableExpr(g.Users() + " AS u").OrderExpr("u.id").Scan(context.Background()); err != nil {
-		t.Fatalf("read %s: %v", g.Users(), err)
+	if err := db.NewSelect().Model(&rows).ModelTableExpr(tableOf(g, "users") + " AS u").OrderExpr("u.id").Scan(context.Background()); err != nil {
+		t.Fatalf("read %s: %v", tableOf(g, "users"), err)
 	}
 	return rows
 }
@@ -226,8 +226,8 @@ func readUsers(t testing.TB, db *bun.DB, g Tables) []UserRow {
 func readTokens(t testing.TB, db *bun.DB, g Tables) []TokenRow {
 	t.Helper()
 	var rows []TokenRow
-	if err := db.NewSelect().Model(&rows).ModelTableExpr(g.Tokens() + " AS t").OrderExpr("t.id").Scan(context.Background()); err != nil {
-		t.Fatalf("read %s: %v", g.Tokens(), err)
+	if err := db.NewSelect().Model(&rows).ModelTableExpr(tableOf(g, "api_tokens") + " AS t").OrderExpr("t.id").Scan(context.Background()); err != nil {
+		t.Fatalf("read %s: %v", tableOf(g, "api_tokens"), err)
 	}
 	return rows
 }
@@ -235,8 +235,8 @@ func readTokens(t testing.TB, db *bun.DB, g Tables) []TokenRow {
 func readSessions(t testing.TB, db *bun.DB, g Tables) []SessionRow {
 	t.Helper()
 	var rows []SessionRow
-	if err := db.NewSelect().Model(&rows).ModelTableExpr(g.Sessions() + " AS s").OrderExpr("s.id").Scan(context.Background()); err != nil {
-		t.Fatalf("read %s: %v", g.Sessions(), err)
+	if err := db.NewSelect().Model(&rows).ModelTableExpr(tableOf(g, "sessions") + " AS s").OrderExpr("s.id").Scan(context.Background()); err != nil {
+		t.Fatalf("read %s: %v", tableOf(g, "sessions"), err)
 	}
 	return rows
 }
@@ -345,7 +345,7 @@ func rowStrings(t testing.TB, db *bun.DB, table string) []map[string]string {
 // assertNothingContains fails if any column of any read-model table holds secret.
 func assertNothingContains(t testing.TB, db *bun.DB, g Tables, secret string) {
 	t.Helper()
-	for _, table := range []string{g.Users(), g.Tokens(), g.Sessions(), "projection_checkpoints", "token_usage"} {
+	for _, table := range []string{tableOf(g, "users"), tableOf(g, "api_tokens"), tableOf(g, "sessions"), "projection_checkpoints", "token_usage"} {
 		for _, row := range rowStrings(t, db, table) {
 			for col, v := range row {
 				if strings.Contains(v, secret) || strings.Contains(col, secret) {
@@ -414,7 +414,7 @@ func reducerCases() []reducerCase {
 				assertNothingContains(t, db, g, hash)
 				assertNothingContains(t, db, g, "argon2id")
 				// The users table has the public columns only: no place for a hash to land.
-				rows := rowStrings(t, db, g.Users())
+				rows := rowStrings(t, db, tableOf(g, "users"))
 				if len(rows) != 1 {
 					t.Fatalf("%d users rows, want 1", len(rows))
 				}
@@ -543,9 +543,9 @@ func TestReducers(t *testing.T) {
 
 					for _, g := range []Tables{CurrentTables, split} {
 						t.Run(g.Suffix, func(t *testing.T) {
-							checkRows(t, g.Users(), readUsers(t, db, g), tc.users, sameUser, fmtUser)
-							checkRows(t, g.Tokens(), readTokens(t, db, g), tc.tokens, sameToken, fmtToken)
-							checkRows(t, g.Sessions(), readSessions(t, db, g), tc.sessions, sameSession, fmtSession)
+							checkRows(t, tableOf(g, "users"), readUsers(t, db, g), tc.users, sameUser, fmtUser)
+							checkRows(t, tableOf(g, "api_tokens"), readTokens(t, db, g), tc.tokens, sameToken, fmtToken)
+							checkRows(t, tableOf(g, "sessions"), readSessions(t, db, g), tc.sessions, sameSession, fmtSession)
 							if cp := checkpointOf(t, db, g); cp != last {
 								t.Errorf("checkpoint = %d, want %d (the batch's last sequence)", cp, last)
 							}

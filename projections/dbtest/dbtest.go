@@ -19,7 +19,7 @@ import (
 	"github.com/uptrace/bun"
 	"github.com/uptrace/bun/driver/pgdriver"
 
-	"github.com/identityd/identityd/projections"
+	"github.com/identityd/identityd/projections/sqldb"
 )
 
 // DefaultAdminURL is used when IDENTITYD_TEST_DATABASE_URL is unset.
@@ -69,13 +69,13 @@ func PostgresURL(t testing.TB) string {
 // SQLiteURL returns the URL of a fresh SQLite file for this test.
 func SQLiteURL(t testing.TB) string {
 	t.Helper()
-	return projections.SQLiteURL(filepath.Join(t.TempDir(), "readmodel.db"))
+	return sqldb.SQLiteURL(filepath.Join(t.TempDir(), "readmodel.db"))
 }
 
 // Open opens a database URL for the test and closes it afterwards.
 func Open(t testing.TB, dbURL string) *bun.DB {
 	t.Helper()
-	db, err := projections.OpenDB(context.Background(), projections.DBConfig{URL: dbURL})
+	db, err := sqldb.OpenDB(context.Background(), sqldb.DBConfig{URL: dbURL})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package projections
+package users
 
 import (
 	"fmt"
@@ -6,14 +6,15 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/engine"
 )
 
 // fold is the users projection applied in memory: the rows a batch of events (or, in a
 // rebuild, the whole stream) leaves behind, plus what it removed. A batch starts from the
-// database rows of the users it touches (preload); flushing writes the difference in a few bulk
-// statements, whatever the size of the batch. Both the projector and the rebuild use it, so
-// there is one projection, not two.
+// database rows of the users it touches (Load); Write stores the difference in a few bulk
+// statements, whatever the size of the batch.
 type fold struct {
+	t        engine.Tables
 	users    map[uuid.UUID]*UserRow
 	tokens   map[uuid.UUID]*TokenRow   // created by the folded events and still live
 	sessions map[uuid.UUID]*SessionRow // likewise
@@ -26,8 +27,9 @@ type fold struct {
 	userSessions  map[uuid.UUID]map[uuid.UUID]struct{}
 }
 
-func newFold() *fold {
+func newFold(t engine.Tables) *fold {
 	return &fold{
+		t:     t,
 		users: map[uuid.UUID]*UserRow{}, tokens: map[uuid.UUID]*TokenRow{}, sessions: map[uuid.UUID]*SessionRow{},
 		dirty: map[uuid.UUID]bool{}, deletedUsers: map[uuid.UUID]bool{}, revokedTokens: map[uuid.UUID]bool{},
 		endedSessions: map[uuid.UUID]bool{}, userTokens: map[uuid.UUID]map[uuid.UUID]struct{}{},
@@ -35,24 +37,10 @@ func newFold() *fold {
 	}
 }
 
-// reducer folds one event.
-type reducer func(f *fold, e events.Envelope) error
-
-// on adapts a reducer of one payload type to the table's signature.
-func on[T events.Event](r func(f *fold, e events.Envelope, ev T) error) reducer {
-	return func(f *fold, e events.Envelope) error {
-		ev, ok := e.Data.(T)
-		if !ok {
-			return fmt.Errorf("%w: %s carries %T", errPoison, e.Type, e.Data)
-		}
-		return r(f, e, ev)
-	}
-}
-
 // reducers is the users projection: event type → change to the read model. Event types not
 // listed (email claims) do not concern it; every event lands in the audit log regardless.
-var reducers = map[events.Type]reducer{
-	events.TypeUserRegistered: on(func(f *fold, e events.Envelope, ev events.UserRegistered) error {
+var reducers = engine.Reducers[*fold]{
+	events.TypeUserRegistered: engine.On(func(f *fold, e events.Envelope, ev events.UserRegistered) error {
 		if _, ok := f.users[ev.UserID]; ok {
 			return fmt.Errorf("user %s registered twice", ev.UserID)
 		}
@@ -63,18 +51,18 @@ var reducers = map[events.Type]reducer{
 		f.dirty[ev.UserID] = true
 		return nil
 	}),
-	events.TypeUserRenamed: on(func(f *fold, e events.Envelope, ev events.UserRenamed) error {
+	events.TypeUserRenamed: engine.On(func(f *fold, e events.Envelope, ev events.UserRenamed) error {
 		if u := f.touch(e, ev.UserID, true); u != nil {
 			u.Name = ev.Name
 		}
 		return nil
 	}),
-	events.TypePasswordSet: on(func(f *fold, e events.Envelope, ev events.PasswordSet) error {
+	events.TypePasswordSet: engine.On(func(f *fold, e events.Envelope, ev events.PasswordSet) error {
 		// The hash stays in the stream and the aggregate; the read model only notes the change.
 		f.touch(e, ev.UserID, true)
 		return nil
 	}),
-	events.TypeTokenCreated: on(func(f *fold, e events.Envelope, ev events.TokenCreated) error {
+	events.TypeTokenCreated: engine.On(func(f *fold, e events.Envelope, ev events.TokenCreated) error {
 		if _, ok := f.tokens[ev.TokenID]; ok || f.revokedTokens[ev.TokenID] {
 			return fmt.Errorf("token %s created twice", ev.TokenID)
 		}
@@ -84,13 +72,13 @@ var reducers = map[events.Type]reducer{
 		f.touch(e, ev.UserID, false)
 		return nil
 	}),
-	events.TypeTokenRevoked: on(func(f *fold, e events.Envelope, ev events.TokenRevoked) error {
+	events.TypeTokenRevoked: engine.On(func(f *fold, e events.Envelope, ev events.TokenRevoked) error {
 		delete(f.tokens, ev.TokenID)
 		f.revokedTokens[ev.TokenID] = true
 		f.touch(e, ev.UserID, false)
 		return nil
 	}),
-	events.TypeSessionStarted: on(func(f *fold, e events.Envelope, ev events.SessionStarted) error {
+	events.TypeSessionStarted: engine.On(func(f *fold, e events.Envelope, ev events.SessionStarted) error {
 		if _, ok := f.sessions[ev.SessionID]; ok || f.endedSessions[ev.SessionID] {
 			return fmt.Errorf("session %s started twice", ev.SessionID)
 		}
@@ -100,26 +88,26 @@ var reducers = map[events.Type]reducer{
 		f.touch(e, ev.UserID, false)
 		return nil
 	}),
-	events.TypeSessionEnded: on(func(f *fold, e events.Envelope, ev events.SessionEnded) error {
+	events.TypeSessionEnded: engine.On(func(f *fold, e events.Envelope, ev events.SessionEnded) error {
 		delete(f.sessions, ev.SessionID)
 		f.endedSessions[ev.SessionID] = true
 		f.touch(e, ev.UserID, false)
 		return nil
 	}),
 	// Administrator rights: like a profile change, they move updated_at.
-	events.TypeAdminGranted: on(func(f *fold, e events.Envelope, ev events.AdminGranted) error {
+	events.TypeAdminGranted: engine.On(func(f *fold, e events.Envelope, ev events.AdminGranted) error {
 		if u := f.touch(e, ev.UserID, true); u != nil {
 			u.Admin = true
 		}
 		return nil
 	}),
-	events.TypeAdminRevoked: on(func(f *fold, e events.Envelope, ev events.AdminRevoked) error {
+	events.TypeAdminRevoked: engine.On(func(f *fold, e events.Envelope, ev events.AdminRevoked) error {
 		if u := f.touch(e, ev.UserID, true); u != nil {
 			u.Admin = false
 		}
 		return nil
 	}),
-	events.TypeUserDeleted: on(func(f *fold, _ events.Envelope, ev events.UserDeleted) error {
+	events.TypeUserDeleted: engine.On(func(f *fold, _ events.Envelope, ev events.UserDeleted) error {
 		for id := range f.userTokens[ev.UserID] {
 			delete(f.tokens, id)
 		}
@@ -135,29 +123,8 @@ var reducers = map[events.Type]reducer{
 	}),
 }
 
-// eventError is a failure to apply one event; it names the event.
-type eventError struct {
-	e   events.Envelope
-	err error
-}
-
-func (e eventError) Error() string {
-	return fmt.Sprintf("apply %s (seq %d): %v", e.e.Type, e.e.Sequence, e.err)
-}
-
-func (e eventError) Unwrap() error { return e.err }
-
-// apply folds one event (events without a reducer change nothing here).
-func (f *fold) apply(e events.Envelope) error {
-	r, ok := reducers[e.Type]
-	if !ok {
-		return nil
-	}
-	if err := r(f, e); err != nil {
-		return eventError{e: e, err: err}
-	}
-	return nil
-}
+// Apply folds one event (events without a reducer change nothing here).
+func (f *fold) Apply(e events.Envelope) error { return reducers.Apply(f, e) }
 
 // touch records that a user's aggregate moved to e (for profile changes, updated_at too) and
 // returns the user's row; like an UPDATE … WHERE id, it does nothing for a user it lacks.
@@ -178,13 +145,4 @@ func link(idx map[uuid.UUID]map[uuid.UUID]struct{}, user, id uuid.UUID) {
 		idx[user] = map[uuid.UUID]struct{}{}
 	}
 	idx[user][id] = struct{}{}
-}
-
-// ownerOf is the user an event's aggregate belongs to, if it is a user event.
-func ownerOf(e events.Envelope) (uuid.UUID, bool) {
-	if e.Data.Aggregate().Kind != "user" {
-		return uuid.Nil, false
-	}
-	id, err := uuid.Parse(e.Data.Aggregate().ID)
-	return id, err == nil
 }

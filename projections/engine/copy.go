@@ -1,4 +1,4 @@
-package projections
+package engine
 
 import (
 	"bytes"
@@ -254,21 +254,29 @@ func copyFrom[T any](ctx context.Context, conn bun.Conn, e *copyEncoder[T], tabl
 	if len(data) == 0 {
 		return nil
 	}
-	if _, err := pgdriver.CopyFrom(ctx, conn, bytes.NewReader(data), e.statement(table)); err != nil {
+	return copyText(ctx, conn, e.statement(table), table, data)
+}
+
+// copyText runs the COPY statement stmt into table with data on conn (see copyFrom).
+func copyText(ctx context.Context, conn bun.Conn, stmt, table string, data []byte) error {
+	if len(data) == 0 {
+		return nil
+	}
+	if _, err := pgdriver.CopyFrom(ctx, conn, bytes.NewReader(data), stmt); err != nil {
 		return fmt.Errorf("copy into %s: %w", table, err)
 	}
 	return nil
 }
 
-// copyAll encodes rows and copies them into table in one COPY per auditChunkBytes of text.
+// copyAll encodes rows and copies them into table in one COPY per streamChunkBytes of text.
 func copyAll[T any](ctx context.Context, conn bun.Conn, e *copyEncoder[T], table string, rows []T) error {
-	buf := make([]byte, 0, min(auditChunkBytes, 256*len(rows))+4096)
+	buf := make([]byte, 0, min(streamChunkBytes, 256*len(rows))+4096)
 	var err error
 	for i := range rows {
 		if buf, err = e.appendRow(buf, &rows[i]); err != nil {
 			return fmt.Errorf("copy into %s: %w", table, err)
 		}
-		if len(buf) >= auditChunkBytes {
+		if len(buf) >= streamChunkBytes {
 			if err := copyFrom(ctx, conn, e, table, buf); err != nil {
 				return err
 			}

@@ -1,4 +1,4 @@
-package projections
+package engine_test
 
 import (
 	"context"
@@ -13,6 +13,8 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/events"
+	. "github.com/identityd/identityd/projections" //nolint:revive // the registered read models, under the names the fixtures use
+	"github.com/identityd/identityd/projections/engine"
 )
 
 // The bulk load's pipeline (read-ahead, fold, audit writer) on a history small enough for unit
@@ -109,9 +111,7 @@ func (s *fakeStream) Last(context.Context) (uint64, error) {
 // smallChunks makes the audit writer write a chunk every few rows.
 func smallChunks(t *testing.T) {
 	t.Helper()
-	bytes, rows := auditChunkBytes, auditChunkRows
-	auditChunkBytes, auditChunkRows = 700, 3
-	t.Cleanup(func() { auditChunkBytes, auditChunkRows = bytes, rows })
+	t.Cleanup(engine.SetChunks(700, 3))
 }
 
 // dumpGeneration renders every table of a generation and its checkpoint comparably.
@@ -294,15 +294,15 @@ func TestBulkWriteFailureIsTheError(t *testing.T) {
 		t.Run(b.name, func(t *testing.T) {
 			db, _ := newSchemaDB(t, b)
 			next := Tables{Suffix: "broken"}
-			if err := createTables(context.Background(), db, next); err != nil {
+			if err := engine.CreateTables(context.Background(), db, All(), next); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := db.ExecContext(context.Background(), "DROP TABLE "+next.Audit()); err != nil {
+			if _, err := db.ExecContext(context.Background(), "DROP TABLE "+tableOf(next, "audit_events")); err != nil {
 				t.Fatal(err)
 			}
 			s := &fakeStream{evs: evs}
-			_, _, err := bulkLoad(context.Background(), db, next, RebuildConfig{Read: s.Read, Batch: 4}.source(evs[len(evs)-1].Sequence), evs[len(evs)-1].Sequence, nil, map[string]time.Duration{})
-			if err == nil || !strings.Contains(err.Error(), next.Audit()) || errors.Is(err, context.Canceled) {
+			_, _, err := engine.BulkLoad(context.Background(), db, All(), next, RebuildConfig{Read: s.Read, Batch: 4}, evs[len(evs)-1].Sequence)
+			if err == nil || !strings.Contains(err.Error(), tableOf(next, "audit_events")) || errors.Is(err, context.Canceled) {
 				t.Fatalf("bulk load into a missing audit table: %v", err)
 			}
 			if pos := checkpointOf(t, db, next); pos != 0 {
@@ -323,14 +323,14 @@ func TestBulkFinishIsAtomic(t *testing.T) {
 			ctx := context.Background()
 			db, _ := newSchemaDB(t, b)
 			next := Tables{Suffix: "atomic"}
-			if err := createTables(ctx, db, next); err != nil {
+			if err := engine.CreateTables(ctx, db, All(), next); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := db.ExecContext(ctx, "ALTER TABLE projection_checkpoints RENAME TO moved_checkpoints"); err != nil {
 				t.Fatal(err)
 			}
 			s := &fakeStream{evs: evs}
-			if _, _, err := bulkLoad(ctx, db, next, RebuildConfig{Read: s.Read, Batch: 4}.source(evs[len(evs)-1].Sequence), evs[len(evs)-1].Sequence, nil, map[string]time.Duration{}); err == nil {
+			if _, _, err := engine.BulkLoad(ctx, db, All(), next, RebuildConfig{Read: s.Read, Batch: 4}, evs[len(evs)-1].Sequence); err == nil {
 				t.Fatal("bulk load without a checkpoint table succeeded")
 			}
 			if u, tk, ss := readUsers(t, db, next), readTokens(t, db, next), readSessions(t, db, next); len(u)+len(tk)+len(ss) > 0 {
@@ -355,10 +355,10 @@ func TestReadAheadOrder(t *testing.T) {
 	for _, visible := range []uint64{0, 97} {
 		for _, batch := range []int{1, 3, 10, 500} {
 			s := &fakeStream{evs: evs, visible: visible}
-			ra := newReadAhead(context.Background(), s.Read, 1, end, batch)
+			ra := engine.NewReadAhead(context.Background(), s.Read, 1, end, batch)
 			var got []uint64
 			for {
-				out, _, err := ra.next(context.Background())
+				out, _, err := ra.Next(context.Background())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -372,7 +372,7 @@ func TestReadAheadOrder(t *testing.T) {
 					got = append(got, e.Sequence)
 				}
 			}
-			ra.stop()
+			ra.Stop()
 			var want []uint64
 			for _, e := range evs {
 				if visible == 0 || e.Sequence <= visible {

@@ -1,4 +1,7 @@
-package projections
+// Package sqldb opens identityd's read-model database: PostgreSQL (pgdriver) or SQLite
+// (modernc.org/sqlite, no cgo), through bun, with the pool, timeouts and file permissions the
+// service relies on. It knows nothing of the tables; the projections do.
+package sqldb
 
 import (
 	"context"
@@ -135,5 +138,5 @@ func privateSQLiteFiles(path string) error {
 	return nil
 }
 
-// isPG reports whether db speaks PostgreSQL.
-func isPG(db bun.IDB) bool { return db.Dialect().Name().String() == "pg" }
+// IsPG reports whether db speaks PostgreSQL.
+func IsPG(db bun.IDB) bool { return db.Dialect().Name().String() == "pg" }

@@ -1,4 +1,4 @@
-package projections
+package users
 
 import (
 	"context"
@@ -6,17 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+
+	"github.com/identityd/identityd/projections/engine"
+	"github.com/identityd/identityd/projections/sqldb"
 )
 
 // ErrNotFound is returned by ReadModel lookups that match nothing.
 var ErrNotFound = errors.New("not found")
-
-var timeNow = time.Now
 
 func utcPtr(t *time.Time) *time.Time {
 	if t == nil {
@@ -26,14 +26,14 @@ func utcPtr(t *time.Time) *time.Time {
 	return &u
 }
 
-// ReadModel answers queries from the read-model tables.
+// ReadModel answers queries about users and their credentials.
 type ReadModel struct {
 	db *bun.DB
-	t  Tables
+	t  engine.Tables
 }
 
 // NewReadModel reads the given generation of tables.
-func NewReadModel(db *bun.DB, t Tables) *ReadModel { return &ReadModel{db: db, t: t} }
+func NewReadModel(db *bun.DB, t engine.Tables) *ReadModel { return &ReadModel{db: db, t: t} }
 
 // DB is the underlying database handle.
 func (r *ReadModel) DB() *bun.DB { return r.db }
@@ -57,12 +57,12 @@ func (c Credential) Expired(now time.Time) bool {
 
 // APITokenByDigest resolves a live API token's digest, with its user, in one query.
 func (r *ReadModel) APITokenByDigest(ctx context.Context, digest string) (Credential, error) {
-	return r.credential(ctx, r.t.Tokens(), digest)
+	return r.credential(ctx, r.t.Name(tokensTable), digest)
 }
 
 // SessionByDigest resolves a live session token's digest, with its user, in one query.
 func (r *ReadModel) SessionByDigest(ctx context.Context, digest string) (Credential, error) {
-	return r.credential(ctx, r.t.Sessions(), digest)
+	return r.credential(ctx, r.t.Name(sessionsTable), digest)
 }
 
 func (r *ReadModel) credential(ctx context.Context, table, digest string) (Credential, error) {
@@ -70,7 +70,7 @@ func (r *ReadModel) credential(ctx context.Context, table, digest string) (Crede
 	err := r.db.NewSelect().
 		ColumnExpr("c.id, c.expires_at, u.id, u.email, u.name, u.personal_org_slug, u.admin, u.created_at, u.updated_at, u.version").
 		TableExpr(table+" AS c").
-		Join("JOIN "+r.t.Users()+" AS u ON u.id = c.user_id").
+		Join("JOIN "+r.t.Name(usersTable)+" AS u ON u.id = c.user_id").
 		Where("c.digest = ?", digest).
 		Scan(ctx, &c.TokenID, &c.ExpiresAt, &c.User.ID, &c.User.Email, &c.User.Name, &c.User.PersonalOrgSlug,
 			&c.User.Admin, &c.User.CreatedAt, &c.User.UpdatedAt, &c.User.Version)
@@ -86,7 +86,7 @@ func (r *ReadModel) credential(ctx context.Context, table, digest string) (Crede
 // User returns one user.
 func (r *ReadModel) User(ctx context.Context, id uuid.UUID) (UserRow, error) {
 	var u UserRow
-	err := r.db.NewSelect().Model(&u).ModelTableExpr(r.t.Users()+" AS u").Where("u.id = ?", id).Scan(ctx)
+	err := r.db.NewSelect().Model(&u).ModelTableExpr(r.t.Name(usersTable)+" AS u").Where("u.id = ?", id).Scan(ctx)
 	if errors.Is(err, sql.ErrNoRows) {
 		return UserRow{}, ErrNotFound
 	}
@@ -105,7 +105,7 @@ func (r *ReadModel) Tokens(ctx context.Context, userID uuid.UUID) ([]Token, erro
 		TokenRow
 		LastUsedAt *time.Time `bun:"last_used_at"`
 	}
-	err := r.db.NewSelect().Model(&rows).ModelTableExpr(r.t.Tokens()+" AS t").
+	err := r.db.NewSelect().Model(&rows).ModelTableExpr(r.t.Name(tokensTable)+" AS t").
 		ColumnExpr("t.*, tu.last_used_at").
 		Join("LEFT JOIN token_usage AS tu ON tu.token_id = t.id").
 		Where("t.user_id = ?", userID).
@@ -121,16 +121,6 @@ func (r *ReadModel) Tokens(ctx context.Context, userID uuid.UUID) ([]Token, erro
 	return out, nil
 }
 
-// Position is how far the projection has applied the stream.
-func (r *ReadModel) Position(ctx context.Context) (uint64, error) {
-	var pos uint64
-	err := r.db.NewSelect().Model((*checkpointRow)(nil)).Column("position").Where("name = ?", r.t.Checkpoint()).Scan(ctx, &pos)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, nil
-	}
-	return pos, err
-}
-
 // RecordUsage upserts last-used times, keeping the later one. Used by UsageTracker.
 func (r *ReadModel) RecordUsage(ctx context.Context, used map[uuid.UUID]time.Time) error {
 	if len(used) == 0 {
@@ -142,57 +132,11 @@ func (r *ReadModel) RecordUsage(ctx context.Context, used map[uuid.UUID]time.Tim
 	}
 	sort.Slice(rows, func(i, j int) bool { return rows[i].TokenID.String() < rows[j].TokenID.String() }) // stable lock order
 	q := r.db.NewInsert().Model(&rows)
-	if isPG(r.db) {
+	if sqldb.IsPG(r.db) {
 		q = q.On("CONFLICT (token_id) DO UPDATE").Set("last_used_at = GREATEST(tu.last_used_at, EXCLUDED.last_used_at)")
 	} else {
 		q = q.On("CONFLICT (token_id) DO UPDATE").Set("last_used_at = MAX(tu.last_used_at, excluded.last_used_at)")
 	}
 	_, err := q.Exec(ctx)
 	return err
-}
-
-// AuditFilter selects audit-log rows; zero fields do not filter.
-type AuditFilter struct {
-	UserID *uuid.UUID
-	Type   string
-	// ActorPrefix matches actors that start with it, e.g. "user:<id>" for everything a user did
-	// with any of their credentials.
-	ActorPrefix string
-	Since       time.Time // inclusive
-	Until       time.Time // exclusive
-	// Before is the cursor: only rows with a smaller stream sequence (0: from the newest).
-	Before uint64
-	Limit  int
-}
-
-// AuditEvents lists audit-log rows newest first.
-func (r *ReadModel) AuditEvents(ctx context.Context, f AuditFilter) ([]AuditRow, error) {
-	var rows []AuditRow
-	q := r.db.NewSelect().Model(&rows).ModelTableExpr(r.t.Audit() + " AS a").OrderExpr("a.seq DESC").Limit(int64(f.Limit))
-	if f.UserID != nil {
-		q = q.Where("a.user_id = ?", *f.UserID)
-	}
-	if f.Type != "" {
-		q = q.Where("a.type = ?", f.Type)
-	}
-	if f.ActorPrefix != "" {
-		q = q.Where("a.actor LIKE ? ESCAPE '\\'", likeEscape(f.ActorPrefix)+"%")
-	}
-	if !f.Since.IsZero() {
-		q = q.Where("a.occurred_at >= ?", f.Since.UTC())
-	}
-	if !f.Until.IsZero() {
-		q = q.Where("a.occurred_at < ?", f.Until.UTC())
-	}
-	if f.Before > 0 {
-		q = q.Where("a.seq < ?", f.Before)
-	}
-	if err := q.Scan(ctx); err != nil {
-		return nil, fmt.Errorf("audit events: %w", err)
-	}
-	return rows, nil
-}
-
-func likeEscape(s string) string {
-	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
 }

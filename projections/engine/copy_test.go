@@ -1,4 +1,4 @@
-package projections
+package engine_test
 
 import (
 	"context"
@@ -15,6 +15,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/uptrace/bun"
+
+	. "github.com/identityd/identityd/projections" //nolint:revive // the registered read models' rows
+	"github.com/identityd/identityd/projections/engine"
 )
 
 // awkwardStrings are the values COPY's text format must escape, or could be tempted to read as
@@ -64,32 +67,27 @@ func TestCopyEncodesLikeInsert(t *testing.T) {
 	}
 
 	for _, step := range []func() error{
-		func() error { return insertAll(ctx, db, viaInsert.Audit(), audit) },
-		func() error { return insertAll(ctx, db, viaInsert.Users(), users) },
-		func() error { return insertAll(ctx, db, viaInsert.Tokens(), tokens) },
-		func() error { return insertAll(ctx, db, viaInsert.Sessions(), sessions) },
+		func() error { return engine.InsertAll(ctx, db, tableOf(viaInsert, "audit_events"), audit) },
+		func() error { return engine.InsertAll(ctx, db, tableOf(viaInsert, "users"), users) },
+		func() error { return engine.InsertAll(ctx, db, tableOf(viaInsert, "api_tokens"), tokens) },
+		func() error { return engine.InsertAll(ctx, db, tableOf(viaInsert, "sessions"), sessions) },
 	} {
 		if err := step(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	sink, err := newAuditSink(db, viaCopy)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := sink.(copySink)
+	cs := encoders(t, db)
 	conn, err := db.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = conn.Close() }()
-	defer func(n int) { auditChunkBytes = n }(auditChunkBytes)
-	auditChunkBytes = 3000 // several COPY statements per table, a chunk boundary inside the long string
+	defer engine.SetChunks(3000, 1000)() // several COPY statements per table, a chunk boundary inside the long string
 	for _, step := range []func() error{
-		func() error { return copyAll(ctx, conn, cs.audit, viaCopy.Audit(), audit) },
-		func() error { return copyAll(ctx, conn, cs.users, viaCopy.Users(), users) },
-		func() error { return copyAll(ctx, conn, cs.tokens, viaCopy.Tokens(), tokens) },
-		func() error { return copyAll(ctx, conn, cs.sessions, viaCopy.Sessions(), sessions) },
+		func() error { return engine.CopyAll(ctx, conn, cs.audit, tableOf(viaCopy, "audit_events"), audit) },
+		func() error { return engine.CopyAll(ctx, conn, cs.users, tableOf(viaCopy, "users"), users) },
+		func() error { return engine.CopyAll(ctx, conn, cs.tokens, tableOf(viaCopy, "api_tokens"), tokens) },
+		func() error { return engine.CopyAll(ctx, conn, cs.sessions, tableOf(viaCopy, "sessions"), sessions) },
 	} {
 		if err := step(); err != nil {
 			t.Fatal(err)
@@ -114,7 +112,7 @@ func TestCopyEncodesLikeInsert(t *testing.T) {
 	}
 	var back [2][]AuditRow
 	for i, gen := range []Tables{viaInsert, viaCopy} {
-		if err := db.NewSelect().Model(&back[i]).ModelTableExpr(gen.Audit() + " AS a").Order("seq").Scan(ctx); err != nil {
+		if err := db.NewSelect().Model(&back[i]).ModelTableExpr(tableOf(gen, "audit_events") + " AS a").Order("seq").Scan(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -165,10 +163,10 @@ func TestCopyEncodesTypesLikeInsert(t *testing.T) {
 		{ID: 3, Bytes: []byte("\x00\\\t\n\r\xff binary"), I8: math.MaxInt8, I16: math.MaxInt16, I32: math.MaxInt32,
 			Str: ptr(`\N`), Time: &time.Time{}, UUID: &uuid.Nil},
 	}
-	if err := insertAll(ctx, db, "copy_types_ins", rows); err != nil {
+	if err := engine.InsertAll(ctx, db, "copy_types_ins", rows); err != nil {
 		t.Fatal(err)
 	}
-	enc, err := newCopyEncoder[copyTypes](db)
+	enc, err := engine.NewCopyEncoder[copyTypes](db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +175,7 @@ func TestCopyEncodesTypesLikeInsert(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = conn.Close() }()
-	if err := copyAll(ctx, conn, enc, "copy_types_cpy", rows); err != nil {
+	if err := engine.CopyAll(ctx, conn, enc, "copy_types_cpy", rows); err != nil {
 		t.Fatal(err)
 	}
 	var want, got []string
@@ -198,14 +196,14 @@ func TestCopyRefusesNul(t *testing.T) {
 	ctx := context.Background()
 	db, _ := newSchemaDB(t, testBackends[0], CurrentTables)
 	row := []AuditRow{{Sequence: 1, Data: "nul\x00byte"}}
-	if err := insertAll(ctx, db, CurrentTables.Audit(), row); err == nil {
+	if err := engine.InsertAll(ctx, db, tableOf(CurrentTables, "audit_events"), row); err == nil {
 		t.Fatal("INSERT stored a NUL byte")
 	}
-	enc, err := newCopyEncoder[AuditRow](db)
+	enc, err := engine.NewCopyEncoder[AuditRow](db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := enc.appendRow(nil, &row[0]); !errors.Is(err, errCopyNul) {
+	if _, err := enc.AppendRow(nil, &row[0]); !errors.Is(err, engine.ErrCopyNul) {
 		t.Fatalf("COPY encoding of a NUL byte: %v", err)
 	}
 }
@@ -216,7 +214,7 @@ func TestCopyRefusesNul(t *testing.T) {
 func TestCopyFailureLeavesConnectionUsable(t *testing.T) {
 	ctx := context.Background()
 	db, _ := newSchemaDB(t, testBackends[0], CurrentTables)
-	enc, err := newCopyEncoder[AuditRow](db)
+	enc, err := engine.NewCopyEncoder[AuditRow](db)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,14 +227,14 @@ func TestCopyFailureLeavesConnectionUsable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = conn.Close() }()
-	if err := copyAll(ctx, conn, enc, CurrentTables.Audit(), rows); err == nil || !strings.Contains(err.Error(), "23505") {
+	if err := engine.CopyAll(ctx, conn, enc, tableOf(CurrentTables, "audit_events"), rows); err == nil || !strings.Contains(err.Error(), "23505") {
 		t.Fatalf("COPY of duplicate keys: %v", err)
 	}
 	var n int
-	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM "+CurrentTables.Audit()).Scan(&n); err != nil || n != 0 {
+	if err := conn.QueryRowContext(ctx, "SELECT count(*) FROM "+tableOf(CurrentTables, "audit_events")).Scan(&n); err != nil || n != 0 {
 		t.Fatalf("after the failed COPY: %d rows, %v", n, err)
 	}
-	if err := copyAll(ctx, conn, enc, CurrentTables.Audit(), rows[:4000]); err != nil {
+	if err := engine.CopyAll(ctx, conn, enc, tableOf(CurrentTables, "audit_events"), rows[:4000]); err != nil {
 		t.Fatalf("COPY on the same connection afterwards: %v", err)
 	}
 }
@@ -253,16 +251,12 @@ func TestCopyColumnsAreInsertColumns(t *testing.T) {
 			t.Fatalf("COPY columns (%s) differ from the INSERT's: %s", columns, q)
 		}
 	}
-	sink, err := newAuditSink(db, CurrentTables)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := sink.(copySink)
-	check(&AuditRow{}, cs.audit.columns)
-	check(&UserRow{}, cs.users.columns)
-	check(&TokenRow{}, cs.tokens.columns)
-	check(&SessionRow{}, cs.sessions.columns)
-	if got := cs.audit.statement("audit_events_x"); !strings.HasPrefix(got, `COPY audit_events_x ("seq", "event_id", `) ||
+	cs := encoders(t, db)
+	check(&AuditRow{}, cs.audit.Columns())
+	check(&UserRow{}, cs.users.Columns())
+	check(&TokenRow{}, cs.tokens.Columns())
+	check(&SessionRow{}, cs.sessions.Columns())
+	if got := cs.audit.Statement("audit_events_x"); !strings.HasPrefix(got, `COPY audit_events_x ("seq", "event_id", `) ||
 		!strings.HasSuffix(got, `"data") FROM STDIN`) {
 		t.Fatalf("statement: %s", got)
 	}
@@ -312,19 +306,19 @@ func TestCopyEncoderRefusesWhatItCannotMirror(t *testing.T) {
 		bun.BaseModel `bun:"table:x"`
 		D             time.Duration `bun:"d"`
 	}
-	if _, err := newCopyEncoder[duration](db); err != nil {
+	if _, err := engine.NewCopyEncoder[duration](db); err != nil {
 		t.Errorf("duration: %v", err)
 	}
 	for name, err := range map[string]error{
-		"nullzero":      func() error { _, err := newCopyEncoder[nullZero](db); return err }(),
-		"default":       func() error { _, err := newCopyEncoder[withDefault](db); return err }(),
-		"autoincrement": func() error { _, err := newCopyEncoder[autoIncrement](db); return err }(),
-		"map":           func() error { _, err := newCopyEncoder[jsonMap](db); return err }(),
-		"interface":     func() error { _, err := newCopyEncoder[valuer](db); return err }(),
-		"raw JSON":      func() error { _, err := newCopyEncoder[rawJSON](db); return err }(),
-		"net.IP":        func() error { _, err := newCopyEncoder[ip](db); return err }(),
-		"jsonb string":  func() error { _, err := newCopyEncoder[jsonString](db); return err }(),
-		"array":         func() error { _, err := newCopyEncoder[array](db); return err }(),
+		"nullzero":      func() error { _, err := engine.NewCopyEncoder[nullZero](db); return err }(),
+		"default":       func() error { _, err := engine.NewCopyEncoder[withDefault](db); return err }(),
+		"autoincrement": func() error { _, err := engine.NewCopyEncoder[autoIncrement](db); return err }(),
+		"map":           func() error { _, err := engine.NewCopyEncoder[jsonMap](db); return err }(),
+		"interface":     func() error { _, err := engine.NewCopyEncoder[valuer](db); return err }(),
+		"raw JSON":      func() error { _, err := engine.NewCopyEncoder[rawJSON](db); return err }(),
+		"net.IP":        func() error { _, err := engine.NewCopyEncoder[ip](db); return err }(),
+		"jsonb string":  func() error { _, err := engine.NewCopyEncoder[jsonString](db); return err }(),
+		"array":         func() error { _, err := engine.NewCopyEncoder[array](db); return err }(),
 	} {
 		if err == nil {
 			t.Errorf("%s: accepted", name)
@@ -342,12 +336,39 @@ func TestAppendCopyText(t *testing.T) {
 		"bad \xff":      "bad \ufffd",
 		"\x01\v":        "\x01\v",
 	} {
-		got, err := appendCopyText([]byte("x"), in)
+		got, err := engine.AppendCopyText([]byte("x"), in)
 		if err != nil || string(got) != "x"+want {
-			t.Errorf("appendCopyText(%q) = %q, %v; want %q", in, got, err, "x"+want)
+			t.Errorf("engine.AppendCopyText(%q) = %q, %v; want %q", in, got, err, "x"+want)
 		}
 	}
-	if got := string(appendUUID(nil, aliceID)); got != aliceID.String() {
+	if got := string(engine.AppendUUID(nil, aliceID)); got != aliceID.String() {
 		t.Errorf("appendUUID = %s", got)
 	}
+}
+
+// rowEncoders are the COPY encoders of the registered read models' rows.
+type rowEncoders struct {
+	audit    *engine.CopyEncoder[AuditRow]
+	users    *engine.CopyEncoder[UserRow]
+	tokens   *engine.CopyEncoder[TokenRow]
+	sessions *engine.CopyEncoder[SessionRow]
+}
+
+func encoders(t *testing.T, db bun.IDB) rowEncoders {
+	t.Helper()
+	var e rowEncoders
+	var err error
+	if e.audit, err = engine.NewCopyEncoder[AuditRow](db); err != nil {
+		t.Fatal(err)
+	}
+	if e.users, err = engine.NewCopyEncoder[UserRow](db); err != nil {
+		t.Fatal(err)
+	}
+	if e.tokens, err = engine.NewCopyEncoder[TokenRow](db); err != nil {
+		t.Fatal(err)
+	}
+	if e.sessions, err = engine.NewCopyEncoder[SessionRow](db); err != nil {
+		t.Fatal(err)
+	}
+	return e
 }

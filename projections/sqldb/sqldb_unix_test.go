@@ -1,6 +1,6 @@
 //go:build unix
 
-package projections
+package sqldb
 
 import (
 	"context"

@@ -1,4 +1,4 @@
-package projections
+package engine
 
 import (
 	"cmp"
@@ -23,6 +23,9 @@ type StreamReplayer func(ctx context.Context, from, end uint64, batch int, each 
 // RebuildConfig configures Rebuild.
 type RebuildConfig struct {
 	DB *bun.DB
+	// Projections are the read models to rebuild: every one the service keeps, since they
+	// share the generation's checkpoint.
+	Projections []Projection
 	// Read reads the stream; Last returns the stream's last sequence. Without Replay, Read must
 	// be safe for concurrent use: the bulk load keeps several reads of consecutive ranges in
 	// flight.
@@ -46,13 +49,13 @@ type RebuildResult struct {
 	Events   uint64        // events replayed
 	Position uint64        // stream sequence the new tables are current to
 	Duration time.Duration // whole rebuild, switch-over included
-	// Phases is where the time went: "fold" (read the stream, fold it, write the audit log),
-	// "write" (the folded rows and the audit log's indexes), "catch_up" (events that arrived
+	// Phases is where the time went: "fold" (read the stream, fold it, write the streamed
+	// rows: the audit log), "write" (the folded rows and the streamed tables' indexes), "catch_up" (events that arrived
 	// meanwhile), "indexes" (the other tables' indexes) and "switch" (the switch-over).
 	Phases map[string]time.Duration
 }
 
-// Rebuild replays the whole stream into fresh tables beside the live ones while the service
+// Rebuild replays the whole stream into fresh tables of every projection beside the live ones while the service
 // keeps serving (and projecting into) the live tables, then switches over in one transaction
 // that holds the live checkpoint's lock: it applies the last events, drops the old tables and
 // renames the new ones into their place. Running projectors waiting on the lock resume on the
@@ -63,20 +66,21 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 	if cfg.DB == nil || cfg.Read == nil || cfg.Last == nil {
 		return RebuildResult{}, errors.New("projections: rebuild needs DB, Read and Last")
 	}
+	projs := cfg.Projections
 	if cfg.Live == (Tables{}) {
 		cfg.Live = CurrentTables
 	}
 	if cfg.Batch <= 0 {
 		cfg.Batch = 1000
 	}
-	next := Tables{Suffix: cfg.Live.Suffix + "_next"}
-	if err := dropTables(ctx, cfg.DB, next); err != nil {
+	next := cfg.Live.next()
+	if err := dropTables(ctx, cfg.DB, projs, next); err != nil {
 		return RebuildResult{}, err
 	}
-	if err := CreateSchema(ctx, cfg.DB, cfg.Live); err != nil {
+	if err := CreateSchema(ctx, cfg.DB, projs, cfg.Live); err != nil {
 		return RebuildResult{}, err
 	}
-	if err := createTables(ctx, cfg.DB, next); err != nil {
+	if err := createTables(ctx, cfg.DB, projs, next); err != nil {
 		return RebuildResult{}, err
 	}
 	if _, err := cfg.DB.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 0").Where("name = ?", next.Checkpoint()).Exec(ctx); err != nil {
@@ -88,7 +92,7 @@ func Rebuild(ctx context.Context, cfg RebuildConfig) (RebuildResult, error) {
 		return RebuildResult{}, err
 	}
 	phases := map[string]time.Duration{}
-	pos, replayed, err := bulkLoad(ctx, cfg.DB, next, cfg.source(end), end, cfg.Progress, phases)
+	pos, replayed, err := bulkLoad(ctx, cfg.DB, projs, next, cfg.source(end), end, cfg.Progress, phases)
 	if err != nil {
 		return RebuildResult{}, err
 	}
@@ -114,7 +118,7 @@ catchUp:
 			if len(batch) == 0 {
 				break catchUp
 			}
-			if pos, err = applyBatch(ctx, cfg.DB, next, batch); err != nil {
+			if pos, err = applyBatch(ctx, cfg.DB, projs, next, batch); err != nil {
 				return RebuildResult{}, err
 			}
 			replayed += uint64(len(batch))
@@ -129,7 +133,7 @@ catchUp:
 	// an index: swapTables builds them there under their live names, so building them here as
 	// well would only do the work twice.
 	if isPG(cfg.DB) {
-		if err := buildIndexes(ctx, cfg.DB, indexDefs(next)); err != nil {
+		if err := buildIndexes(ctx, cfg.DB, versionedIndexes(projs, next)); err != nil {
 			return RebuildResult{}, err
 		}
 	}
@@ -157,7 +161,7 @@ catchUp:
 			if len(batch) == 0 {
 				break
 			}
-			if pos, err = applyBatchTx(ctx, tx, next, batch); err != nil {
+			if pos, err = applyBatchTx(ctx, tx, projs, next, batch); err != nil {
 				return err
 			}
 			replayed += uint64(len(batch))
@@ -168,7 +172,7 @@ catchUp:
 		if pos < end {
 			return fmt.Errorf("the stream ends at %d but reading stopped at %d; nothing switched", end, pos)
 		}
-		if err := swapTables(ctx, tx, cfg.Live, next); err != nil {
+		if err := swapTables(ctx, tx, projs, cfg.Live, next); err != nil {
 			return err
 		}
 		_, err = tx.NewUpdate().Model((*checkpointRow)(nil)).Set("position = ?", max(pos, livePos)).
@@ -243,11 +247,9 @@ func buildIndexes(ctx context.Context, db *bun.DB, defs []indexDef) error {
 	return err
 }
 
-// tableNames lists a generation's tables.
-func tableNames(t Tables) []string { return []string{t.Users(), t.Tokens(), t.Sessions(), t.Audit()} }
-
-func dropTables(ctx context.Context, db bun.IDB, t Tables) error {
-	for _, name := range tableNames(t) {
+// dropTables drops a generation's versioned tables.
+func dropTables(ctx context.Context, db bun.IDB, projs []Projection, t Tables) error {
+	for _, name := range versioned(projs, t) {
 		if _, err := db.ExecContext(ctx, "DROP TABLE IF EXISTS "+name); err != nil {
 			return fmt.Errorf("drop %s: %w", name, err)
 		}
@@ -256,18 +258,18 @@ func dropTables(ctx context.Context, db bun.IDB, t Tables) error {
 }
 
 // swapTables replaces live's tables with next's, indexes renamed to live's names.
-func swapTables(ctx context.Context, tx bun.Tx, live, next Tables) error {
-	if err := dropTables(ctx, tx, live); err != nil {
+func swapTables(ctx context.Context, tx bun.Tx, projs []Projection, live, next Tables) error {
+	if err := dropTables(ctx, tx, projs, live); err != nil {
 		return err
 	}
-	liveNames, nextNames := tableNames(live), tableNames(next)
+	liveNames, nextNames := versioned(projs, live), versioned(projs, next)
 	for i := range liveNames {
 		if _, err := tx.ExecContext(ctx, fmt.Sprintf("ALTER TABLE %s RENAME TO %s", nextNames[i], liveNames[i])); err != nil {
 			return fmt.Errorf("rename %s: %w", nextNames[i], err)
 		}
 	}
-	nextIdx := indexDefs(next)
-	for i, idx := range indexDefs(live) {
+	nextIdx := versionedIndexes(projs, next)
+	for i, idx := range versionedIndexes(projs, live) {
 		oldName := nextIdx[i].name
 		if isPG(tx) {
 			if _, err := tx.ExecContext(ctx, fmt.Sprintf("ALTER INDEX IF EXISTS %s RENAME TO %s", oldName, idx.name)); err != nil {

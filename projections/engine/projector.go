@@ -1,4 +1,4 @@
-package projections
+package engine
 
 import (
 	"context"
@@ -24,6 +24,9 @@ import (
 type ProjectorConfig struct {
 	// DB is the read-model database (required).
 	DB *bun.DB
+	// Projections are the read models to keep (required): each batch is applied to all of
+	// them in one transaction, under one checkpoint.
+	Projections []Projection
 	// JetStream reads the stream (required).
 	JetStream jetstream.JetStream
 	// Keys verifies each event's signature (required); a refused event goes to the poison
@@ -64,10 +67,13 @@ func (c ProjectorConfig) Validate() error {
 	if c.DB == nil || c.JetStream == nil || c.Keys == nil {
 		return errors.New("projections: DB, JetStream and Keys are required")
 	}
+	if len(c.Projections) == 0 {
+		return errors.New("projections: no projection to keep")
+	}
 	return nil
 }
 
-// Projector keeps one generation of read-model tables up to date with the stream.
+// Projector keeps one generation of every projection's tables up to date with the stream.
 type Projector struct {
 	cfg    ProjectorConfig
 	router *message.Router
@@ -110,7 +116,7 @@ func NewProjector(ctx context.Context, cfg ProjectorConfig) (*Projector, error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	if err := CreateSchema(ctx, cfg.DB, cfg.Tables); err != nil {
+	if err := CreateSchema(ctx, cfg.DB, cfg.Projections, cfg.Tables); err != nil {
 		return nil, err
 	}
 	p := &Projector{cfg: cfg, changed: make(chan struct{})}
@@ -185,7 +191,7 @@ func (p *Projector) handle(msg *message.Message) error {
 			msg.Metadata.Get(metaSequence), msg.Metadata.Get(metaSubject), msg.Metadata.Get(metaError))
 	}
 	start := time.Now()
-	pos, replays, err := applyBatchReplays(msg.Context(), p.cfg.DB, p.cfg.Tables, batch)
+	pos, replays, err := applyBatchReplays(msg.Context(), p.cfg.DB, p.cfg.Projections, p.cfg.Tables, batch)
 	if err != nil {
 		return err
 	}
@@ -212,7 +218,7 @@ func (p *Projector) refuse(seq uint64, subject string, err error) {
 func (p *Projector) Refused() uint64 { return p.refused.Load() }
 
 func (p *Projector) checkpoint(ctx context.Context) (uint64, error) {
-	return NewReadModel(p.cfg.DB, p.cfg.Tables).Position(ctx)
+	return Position(ctx, p.cfg.DB, p.cfg.Tables)
 }
 
 func (p *Projector) advance(pos uint64) {
