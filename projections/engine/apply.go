@@ -184,10 +184,9 @@ func dropReplays(ctx context.Context, tx bun.Tx, projs []Projection, t Tables, e
 
 // statements runs a transaction's writes. On PostgreSQL it collects them and sends them as one
 // multi-statement query when flushed: one round trip instead of one per statement. Under load
-// every round trip waits for both processes to be scheduled again, and the projector's
-// transaction — which each write's caller waits for — took about five times as long as on an
-// idle machine (measured: ~4 ms idle, ~20 ms during the write benchmarks, for ~37 events).
-// Elsewhere (SQLite) each statement runs as it is added.
+// every round trip waits for both processes to be scheduled again, and each write's caller
+// waits for the projector's transaction (README, "Performance"). Elsewhere (SQLite) each
+// statement runs as it is added.
 type statements struct {
 	pg   bool
 	sqls []byte

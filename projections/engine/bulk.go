@@ -29,7 +29,7 @@ var (
 // at a furious rate (NATS message headers, decoded payloads: over 10 KiB per event) while the
 // heap that stays live is small, so the garbage collector, which runs whenever the heap has
 // grown by GOGC% of the live heap, would run every few megabytes and take a good share of the
-// CPU (measured: some 15% of the rebuild's). Counted as live, the ballast spaces the
+// CPU. Counted as live, the ballast spaces the
 // collections out, in exchange for at most as much real memory more (the garbage allowed to
 // pile up between collections). Scanning it costs nothing: it holds no pointers. Once the fold
 // itself is large, the ballast makes no difference either way.
