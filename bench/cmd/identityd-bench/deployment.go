@@ -218,9 +218,15 @@ func (b *bench) startIdentityd(ctx context.Context) error {
 	_, _ = rand.Read(key)
 	b.secretKey = hex.EncodeToString(key)
 	var err error
+	// The events the bench appends itself are signed and MACed exactly as identityd's own are.
 	if b.signer, err = events.DeriveSigningKey(key); err != nil {
 		return err
 	}
+	mac, err := events.DeriveMACKey(key)
+	if err != nil {
+		return err
+	}
+	b.signer = b.signer.WithMAC(mac)
 	port, err := freePort()
 	if err != nil {
 		return err
