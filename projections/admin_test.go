@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // A users table created before the admin column existed gets it, false in every row (what a
@@ -26,7 +27,7 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 				"personal_org_slug VARCHAR NOT NULL, created_at "+typ+" NOT NULL, updated_at "+typ+" NOT NULL, version BIGINT NOT NULL)"); err != nil {
 				t.Fatal(err)
 			}
-			old := userRow(aliceID, "Alice", 1)
+			old := projectiontest.UserRow(projectiontest.AliceID, "Alice", 1)
 			if _, err := db.NewInsert().Model(&old).ModelTableExpr(tableOf(g, "users")).ExcludeColumn("admin").Exec(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -35,18 +36,18 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 					t.Fatalf("CreateSchema on the old table: %v", err)
 				}
 			}
-			checkRows(t, tableOf(g, "users"), readUsers(t, db, g), []UserRow{old}, sameUser, fmtUser)
+			projectiontest.CheckRows(t, tableOf(g, "users"), projectiontest.ReadUsers(t, db, g), []UserRow{old}, projectiontest.SameUser, projectiontest.FmtUser)
 			// Alice's registration was applied at 1 already (the checkpoint says so).
 			if _, err := db.NewUpdate().Model((*checkpointRow)(nil)).Set("position = 1").Where("name = ?", g.Checkpoint()).Exec(ctx); err != nil {
 				t.Fatal(err)
 			}
-			batch := envelopes(1, registered(aliceID, "Alice"), events.AdminGranted{Versioned: events.V(), UserID: aliceID})
+			batch := projectiontest.Envelopes(1, projectiontest.Registered(projectiontest.AliceID, "Alice"), events.AdminGranted{Versioned: events.V(), UserID: projectiontest.AliceID})
 			if _, err := applyBatch(ctx, db, g, batch); err != nil {
 				t.Fatal(err)
 			}
 			want := old
-			want.Admin, want.UpdatedAt, want.Version = true, evTime(2), 2
-			checkRows(t, tableOf(g, "users"), readUsers(t, db, g), []UserRow{want}, sameUser, fmtUser)
+			want.Admin, want.UpdatedAt, want.Version = true, projectiontest.EvTime(2), 2
+			projectiontest.CheckRows(t, tableOf(g, "users"), projectiontest.ReadUsers(t, db, g), []UserRow{want}, projectiontest.SameUser, projectiontest.FmtUser)
 		})
 	}
 }
@@ -55,7 +56,7 @@ func TestCreateSchemaAddsTheAdminColumn(t *testing.T) {
 // user is an administrator when the stream does not (or the reverse) is a difference.
 func TestVerifyReportsATamperedAdminFlag(t *testing.T) {
 	ctx := context.Background()
-	evs := envelopes(1, registered(aliceID, "Alice"), registered(bobID, "Bob"), events.AdminGranted{Versioned: events.V(), UserID: aliceID})
+	evs := projectiontest.Envelopes(1, projectiontest.Registered(projectiontest.AliceID, "Alice"), projectiontest.Registered(projectiontest.BobID, "Bob"), events.AdminGranted{Versioned: events.V(), UserID: projectiontest.AliceID})
 	db, _ := newSchemaDB(t, testBackends[1], CurrentTables)
 	if _, err := applyBatch(ctx, db, CurrentTables, evs); err != nil {
 		t.Fatal(err)

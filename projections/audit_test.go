@@ -8,6 +8,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // TestAuditLogContract: every event lands in the audit log once, secrets redacted, and the
@@ -18,11 +19,11 @@ func TestAuditLogContract(t *testing.T) {
 	for _, b := range testBackends {
 		t.Run(b.name, func(t *testing.T) {
 			db, _ := newSchemaDB(t, b, CurrentTables)
-			batch := envelopes(1,
-				registered(alice, "Alice"),
+			batch := projectiontest.Envelopes(1,
+				projectiontest.Registered(alice, "Alice"),
 				events.PasswordSet{Versioned: events.V(), UserID: alice, PasswordHash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA"},
-				tokenCreated(alice, uuid.New(), t0, nil),
-				registered(bob, "Bob"),
+				projectiontest.TokenCreated(alice, uuid.New(), projectiontest.T0, nil),
+				projectiontest.Registered(bob, "Bob"),
 				events.Renamed(alice, "Alice", "Alice L"),
 				events.EmailClaimed{Versioned: events.V(), EmailHash: strings.Repeat("a", 64), UserID: bob},
 			)
@@ -40,7 +41,7 @@ func TestAuditLogContract(t *testing.T) {
 				t.Fatalf("audit log: %d rows (err %v)", len(all), err)
 			}
 			for _, r := range all {
-				if strings.Contains(r.Data, "argon2id") || strings.Contains(r.Data, digestOf("")[:8]) {
+				if strings.Contains(r.Data, "argon2id") || strings.Contains(r.Data, projectiontest.DigestOf("")[:8]) {
 					t.Fatalf("secret in audit row %d: %s", r.Sequence, r.Data)
 				}
 			}
@@ -77,8 +78,8 @@ func TestAuditLogContract(t *testing.T) {
 			check("bob, including his email claim", AuditFilter{UserID: &bob}, 6, 4)
 			check("type", AuditFilter{Type: string(events.TypeUserRegistered)}, 4, 1)
 			check("actor prefix with metacharacters", AuditFilter{ActorPrefix: "user:a_b%"}, 5)
-			check("since", AuditFilter{Since: evTime(5)}, 6, 5)
-			check("until", AuditFilter{Until: evTime(2)}, 1)
+			check("since", AuditFilter{Since: projectiontest.EvTime(5)}, 6, 5)
+			check("until", AuditFilter{Until: projectiontest.EvTime(2)}, 1)
 			check("cursor", AuditFilter{Before: 3}, 2, 1)
 			row := all[1]
 			if row.Actor != "user:a_b%/token:1" || row.RequestID != "r5" || row.SourceIP != "192.0.2.1" || row.UserAgent != "ua" ||

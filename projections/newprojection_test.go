@@ -9,6 +9,7 @@ import (
 
 	"github.com/identityd/identityd/events"
 	"github.com/identityd/identityd/projections/engine"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // eventCountRow is how many events of one type the stream holds: the smallest read model that
@@ -79,9 +80,9 @@ func (f *countFold) Final() []engine.RowSet {
 // change to the engine.
 func TestANewReadModelIsOneRegistration(t *testing.T) {
 	projs := append(All(), eventCounts{}) // the registration line
-	alice, bob := aliceID, bobID
-	evs := envelopes(1,
-		registered(alice, "Alice"), registered(bob, "Bob"),
+	alice, bob := projectiontest.AliceID, projectiontest.BobID
+	evs := projectiontest.Envelopes(1,
+		projectiontest.Registered(alice, "Alice"), projectiontest.Registered(bob, "Bob"),
 		events.UserRenamed{UserID: alice, Name: "Alice B."}, events.UserRenamed{UserID: bob, Name: "Bobby"},
 		events.UserRenamed{UserID: alice, Name: "Alice C."},
 	)
@@ -114,7 +115,7 @@ func TestANewReadModelIsOneRegistration(t *testing.T) {
 			if got := counts(t, db); fmt.Sprint(got) != fmt.Sprint(want) {
 				t.Fatalf("live: counts %v, want %v", got, want)
 			}
-			if u := readUsers(t, db, CurrentTables); len(u) != 2 {
+			if u := projectiontest.ReadUsers(t, db, CurrentTables); len(u) != 2 {
 				t.Fatalf("live: %d users next to the new read model, want 2", len(u))
 			}
 			// Rebuild: the bulk path folds the whole stream into fresh tables and swaps them in.

@@ -13,6 +13,7 @@ import (
 	"github.com/uptrace/bun"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // The read-model contract: what the HTTP API may rely on from ReadModel and UsageTracker,
@@ -41,7 +42,7 @@ func (w *contractWorld) seq() uint64 { return uint64(len(w.history)) }
 // apply appends events to the history and applies them as one batch.
 func (w *contractWorld) apply(t *testing.T, evs ...events.Event) {
 	t.Helper()
-	batch := envelopes(w.seq()+1, evs...)
+	batch := projectiontest.Envelopes(w.seq()+1, evs...)
 	pos, err := applyBatch(context.Background(), w.db, CurrentTables, batch)
 	if want := batch[len(batch)-1].Sequence; err != nil || pos != want {
 		t.Fatalf("applyBatch = %d, %v; want %d, nil", pos, err, want)
@@ -55,10 +56,10 @@ func (w *contractWorld) userWithTokens(t *testing.T, n int) (uuid.UUID, []uuid.U
 	user := uuid.New()
 	evs := []events.Event{events.UserRegistered{Versioned: events.V(), UserID: user,
 		Email: user.String() + "@example.com", Name: "user " + user.String()[:8], PersonalOrgSlug: user.String(),
-		RegisteredAt: t0}}
+		RegisteredAt: projectiontest.T0}}
 	var ids []uuid.UUID
 	for i := 0; i < n; i++ {
-		ev := tokenCreated(user, uuid.New(), t0.Add(time.Duration(i+1)*time.Minute), nil)
+		ev := projectiontest.TokenCreated(user, uuid.New(), projectiontest.T0.Add(time.Duration(i+1)*time.Minute), nil)
 		evs = append(evs, ev)
 		ids = append(ids, ev.TokenID)
 	}
@@ -68,30 +69,30 @@ func (w *contractWorld) userWithTokens(t *testing.T, n int) (uuid.UUID, []uuid.U
 
 // The known history.
 var (
-	cTokA1 = tokenCreated(aliceID, tokA1, t0.Add(1*time.Minute), nil)
-	cTokA2 = tokenCreated(aliceID, tokA2, t0.Add(2*time.Minute), ptr(t0.Add(time.Hour).In(zone)))
-	cTokA3 = tokenCreated(aliceID, tokA3, t0.Add(3*time.Minute), ptr(t0.Add(3*time.Minute+30*time.Second)))
-	cTokAR = tokenCreated(aliceID, tokAR, t0.Add(4*time.Minute), nil) // the newest, but revoked
-	cTokB1 = tokenCreated(bobID, tokB1, t0.Add(5*time.Minute), nil)   // newer than all of alice's
-	cSesA1 = sessionStarted(aliceID, sesA1, t0.Add(6*time.Minute))
-	cSesA2 = sessionStarted(aliceID, sesA2, t0.Add(7*time.Minute)) // ended
-	cTokC1 = tokenCreated(carolID, tokC1, t0.Add(8*time.Minute), nil)
-	cSesC1 = sessionStarted(carolID, sesC1, t0.Add(9*time.Minute)) // carol is deleted
+	cTokA1 = projectiontest.TokenCreated(projectiontest.AliceID, projectiontest.TokA1, projectiontest.T0.Add(1*time.Minute), nil)
+	cTokA2 = projectiontest.TokenCreated(projectiontest.AliceID, projectiontest.TokA2, projectiontest.T0.Add(2*time.Minute), projectiontest.Ptr(projectiontest.T0.Add(time.Hour).In(projectiontest.Zone)))
+	cTokA3 = projectiontest.TokenCreated(projectiontest.AliceID, projectiontest.TokA3, projectiontest.T0.Add(3*time.Minute), projectiontest.Ptr(projectiontest.T0.Add(3*time.Minute+30*time.Second)))
+	cTokAR = projectiontest.TokenCreated(projectiontest.AliceID, projectiontest.TokAR, projectiontest.T0.Add(4*time.Minute), nil) // the newest, but revoked
+	cTokB1 = projectiontest.TokenCreated(projectiontest.BobID, projectiontest.TokB1, projectiontest.T0.Add(5*time.Minute), nil)   // newer than all of alice's
+	cSesA1 = projectiontest.SessionStarted(projectiontest.AliceID, projectiontest.SesA1, projectiontest.T0.Add(6*time.Minute))
+	cSesA2 = projectiontest.SessionStarted(projectiontest.AliceID, projectiontest.SesA2, projectiontest.T0.Add(7*time.Minute)) // ended
+	cTokC1 = projectiontest.TokenCreated(projectiontest.CarolID, projectiontest.TokC1, projectiontest.T0.Add(8*time.Minute), nil)
+	cSesC1 = projectiontest.SessionStarted(projectiontest.CarolID, projectiontest.SesC1, projectiontest.T0.Add(9*time.Minute)) // carol is deleted
 	// A token of a user the read model does not hold: a credential is never returned half.
-	cTokGhost = tokenCreated(uuid.MustParse("90000000-0000-4000-8000-000000000009"),
-		uuid.MustParse("10000000-0000-4000-8000-000000000099"), t0.Add(10*time.Minute), nil)
+	cTokGhost = projectiontest.TokenCreated(uuid.MustParse("90000000-0000-4000-8000-000000000009"),
+		uuid.MustParse("10000000-0000-4000-8000-000000000099"), projectiontest.T0.Add(10*time.Minute), nil)
 	cEvents = []events.Event{
-		registered(aliceID, "Alice"),                      // 1
-		registered(bobID, "Bob"),                          // 2
-		registered(carolID, "Carol"),                      // 3
-		events.Renamed(aliceID, "Alice", "Alice Liddell"), // 4
+		projectiontest.Registered(projectiontest.AliceID, "Alice"),       // 1
+		projectiontest.Registered(projectiontest.BobID, "Bob"),           // 2
+		projectiontest.Registered(projectiontest.CarolID, "Carol"),       // 3
+		events.Renamed(projectiontest.AliceID, "Alice", "Alice Liddell"), // 4
 		cTokA1, cTokA2, cTokA3, cTokAR, // 5..8
-		events.TokenRevoked{Versioned: events.V(), UserID: aliceID, TokenID: tokAR}, // 9
+		events.TokenRevoked{Versioned: events.V(), UserID: projectiontest.AliceID, TokenID: projectiontest.TokAR}, // 9
 		cTokB1,         // 10
 		cSesA1, cSesA2, // 11, 12
-		events.SessionEnded{Versioned: events.V(), UserID: aliceID, SessionID: sesA2}, // 13
+		events.SessionEnded{Versioned: events.V(), UserID: projectiontest.AliceID, SessionID: projectiontest.SesA2}, // 13
 		cTokC1, cSesC1, // 14, 15
-		events.UserDeleted{Versioned: events.V(), UserID: carolID},                                                              // 16
+		events.UserDeleted{Versioned: events.V(), UserID: projectiontest.CarolID},                                               // 16
 		events.EmailClaimed{Versioned: events.V(), EmailHash: events.EmailAggregate("dave@example.com").ID, UserID: uuid.New()}, // 17
 		cTokGhost, // 18
 	}
@@ -99,20 +100,22 @@ var (
 
 // cAlice and cBob are the users after the known history.
 func cAlice() UserRow {
-	u := userRow(aliceID, "Alice", 1)
-	u.Name, u.UpdatedAt, u.Version = "Alice Liddell", evTime(4), 13
+	u := projectiontest.UserRow(projectiontest.AliceID, "Alice", 1)
+	u.Name, u.UpdatedAt, u.Version = "Alice Liddell", projectiontest.EvTime(4), 13
 	return u
 }
 
-func cBob() UserRow { return versioned(userRow(bobID, "Bob", 2), 10) }
+func cBob() UserRow {
+	return projectiontest.Versioned(projectiontest.UserRow(projectiontest.BobID, "Bob", 2), 10)
+}
 
 func fmtCredential(c Credential) string {
-	return fmt.Sprintf("{token=%s expires=%s user=%s}", c.TokenID, fmtTimePtr(c.ExpiresAt), fmtUser(c.User))
+	return fmt.Sprintf("{token=%s expires=%s user=%s}", c.TokenID, projectiontest.FmtTimePtr(c.ExpiresAt), projectiontest.FmtUser(c.User))
 }
 
 func checkCredential(t *testing.T, what string, got, want Credential) {
 	t.Helper()
-	if got.TokenID != want.TokenID || !sameTimePtr(got.ExpiresAt, want.ExpiresAt) || !sameUser(got.User, want.User) {
+	if got.TokenID != want.TokenID || !projectiontest.SameTimePtr(got.ExpiresAt, want.ExpiresAt) || !projectiontest.SameUser(got.User, want.User) {
 		t.Errorf("%s:\n got  %s\n want %s", what, fmtCredential(got), fmtCredential(want))
 	}
 }
@@ -123,7 +126,7 @@ func fmtTokens(ts []Token) string {
 		if i > 0 {
 			s += ",\n       "
 		}
-		s += fmtToken(tk.TokenRow) + " last_used=" + fmtTimePtr(tk.LastUsedAt)
+		s += projectiontest.FmtToken(tk.TokenRow) + " last_used=" + projectiontest.FmtTimePtr(tk.LastUsedAt)
 	}
 	return s + "]"
 }
@@ -133,7 +136,7 @@ func checkTokens(t *testing.T, got, want []Token) {
 	t.Helper()
 	ok := len(got) == len(want)
 	for i := 0; ok && i < len(got); i++ {
-		ok = sameToken(got[i].TokenRow, want[i].TokenRow) && sameTimePtr(got[i].LastUsedAt, want[i].LastUsedAt)
+		ok = projectiontest.SameToken(got[i].TokenRow, want[i].TokenRow) && projectiontest.SameTimePtr(got[i].LastUsedAt, want[i].LastUsedAt)
 	}
 	if !ok {
 		t.Errorf("Tokens:\n got  %s\n want %s", fmtTokens(got), fmtTokens(want))
@@ -158,8 +161,8 @@ func lastUsed(t *testing.T, rm *ReadModel, user, id uuid.UUID) *time.Time {
 
 func checkLastUsed(t *testing.T, rm *ReadModel, user, id uuid.UUID, want *time.Time) {
 	t.Helper()
-	if got := lastUsed(t, rm, user, id); !sameTimePtr(got, want) {
-		t.Errorf("token %s LastUsedAt = %s, want %s", id, fmtTimePtr(got), fmtTimePtr(want))
+	if got := lastUsed(t, rm, user, id); !projectiontest.SameTimePtr(got, want) {
+		t.Errorf("token %s LastUsedAt = %s, want %s", id, projectiontest.FmtTimePtr(got), projectiontest.FmtTimePtr(want))
 	}
 }
 
@@ -190,7 +193,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		if err != nil {
 			t.Fatalf("SessionByDigest: %v", err)
 		}
-		checkCredential(t, "session", c, Credential{TokenID: sesA1, ExpiresAt: &cSesA1.ExpiresAt, User: cAlice()})
+		checkCredential(t, "session", c, Credential{TokenID: projectiontest.SesA1, ExpiresAt: &cSesA1.ExpiresAt, User: cAlice()})
 	})
 
 	t.Run("lookups that match nothing are ErrNotFound", func(t *testing.T) {
@@ -200,8 +203,8 @@ func readModelContract(t *testing.T, b testBackend) {
 			lookup lookup
 			digest string
 		}{
-			{"unknown token digest", rm.APITokenByDigest, digestOf("nobody's secret")},
-			{"unknown session digest", rm.SessionByDigest, digestOf("nobody's secret")},
+			{"unknown token digest", rm.APITokenByDigest, projectiontest.DigestOf("nobody's secret")},
+			{"unknown session digest", rm.SessionByDigest, projectiontest.DigestOf("nobody's secret")},
 			{"empty digest", rm.APITokenByDigest, ""},
 			{"revoked token", rm.APITokenByDigest, cTokAR.Digest},
 			{"ended session", rm.SessionByDigest, cSesA2.Digest},
@@ -233,11 +236,11 @@ func readModelContract(t *testing.T, b testBackend) {
 			{cTokA3.CreatedAt, false},
 			{exp.Add(-time.Microsecond), false},
 			{exp, true},
-			{exp.In(zone), true},
+			{exp.In(projectiontest.Zone), true},
 			{exp.Add(time.Hour), true},
 		} {
 			if got := c.Expired(tc.now); got != tc.want {
-				t.Errorf("token expiring %s: Expired(%s) = %v, want %v", fmtTime(exp), fmtTime(tc.now), got, tc.want)
+				t.Errorf("token expiring %s: Expired(%s) = %v, want %v", projectiontest.FmtTime(exp), projectiontest.FmtTime(tc.now), got, tc.want)
 			}
 		}
 		c, err = rm.APITokenByDigest(ctx, cTokA1.Digest)
@@ -252,7 +255,7 @@ func readModelContract(t *testing.T, b testBackend) {
 			t.Fatalf("SessionByDigest: %v", err)
 		}
 		if s.Expired(cSesA1.StartedAt.Add(time.Hour)) || !s.Expired(cSesA1.ExpiresAt) {
-			t.Errorf("session expiring %s: Expired wrong around its expiry", fmtTime(cSesA1.ExpiresAt))
+			t.Errorf("session expiring %s: Expired wrong around its expiry", projectiontest.FmtTime(cSesA1.ExpiresAt))
 		}
 	})
 
@@ -262,11 +265,11 @@ func readModelContract(t *testing.T, b testBackend) {
 			if err != nil {
 				t.Fatalf("User(%s): %v", want.ID, err)
 			}
-			checkRows(t, "User", []UserRow{got}, []UserRow{want}, sameUser, fmtUser)
+			projectiontest.CheckRows(t, "User", []UserRow{got}, []UserRow{want}, projectiontest.SameUser, projectiontest.FmtUser)
 		}
-		for name, id := range map[string]uuid.UUID{"unknown": uuid.New(), "deleted": carolID} {
+		for name, id := range map[string]uuid.UUID{"unknown": uuid.New(), "deleted": projectiontest.CarolID} {
 			if u, err := rm.User(ctx, id); !errors.Is(err, ErrNotFound) {
-				t.Errorf("User(%s user) = %s, %v; want ErrNotFound", name, fmtUser(u), err)
+				t.Errorf("User(%s user) = %s, %v; want ErrNotFound", name, projectiontest.FmtUser(u), err)
 			}
 		}
 	})
@@ -275,7 +278,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		listed := func(evs ...events.TokenCreated) []Token {
 			out := make([]Token, 0, len(evs))
 			for _, ev := range evs {
-				out = append(out, Token{TokenRow: tokenRow(ev)})
+				out = append(out, Token{TokenRow: projectiontest.TokenRow(ev)})
 			}
 			return out
 		}
@@ -284,9 +287,9 @@ func readModelContract(t *testing.T, b testBackend) {
 			user uuid.UUID
 			want []Token
 		}{
-			{"alice", aliceID, listed(cTokA3, cTokA2, cTokA1)}, // not the revoked one, not bob's
-			{"bob", bobID, listed(cTokB1)},
-			{"deleted carol", carolID, nil},
+			{"alice", projectiontest.AliceID, listed(cTokA3, cTokA2, cTokA1)}, // not the revoked one, not bob's
+			{"bob", projectiontest.BobID, listed(cTokB1)},
+			{"deleted carol", projectiontest.CarolID, nil},
 			{"unknown", uuid.New(), nil},
 		} {
 			got, err := rm.Tokens(ctx, tc.user)
@@ -300,7 +303,7 @@ func readModelContract(t *testing.T, b testBackend) {
 	t.Run("RecordUsage sets LastUsedAt and keeps the later time", func(t *testing.T) {
 		user, ids := w.userWithTokens(t, 3)
 		k1, k2, k3 := ids[0], ids[1], ids[2]
-		u1, u2 := t0.Add(10*time.Minute), t0.Add(20*time.Minute)
+		u1, u2 := projectiontest.T0.Add(10*time.Minute), projectiontest.T0.Add(20*time.Minute)
 
 		if err := rm.RecordUsage(ctx, nil); err != nil {
 			t.Fatalf("RecordUsage(nothing): %v", err)
@@ -308,7 +311,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		for _, id := range ids {
 			checkLastUsed(t, rm, user, id, nil)
 		}
-		if err := rm.RecordUsage(ctx, map[uuid.UUID]time.Time{k1: u1, k2: u2.In(zone)}); err != nil {
+		if err := rm.RecordUsage(ctx, map[uuid.UUID]time.Time{k1: u1, k2: u2.In(projectiontest.Zone)}); err != nil {
 			t.Fatalf("RecordUsage: %v", err)
 		}
 		checkLastUsed(t, rm, user, k1, &u1)
@@ -321,7 +324,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		for _, used := range []map[uuid.UUID]time.Time{
 			{k1: u1.Add(-time.Hour), k2: u2later},
 			{k1: u1.Add(-time.Microsecond)},
-			{k1: u1.Add(-time.Minute).In(zone)},
+			{k1: u1.Add(-time.Minute).In(projectiontest.Zone)},
 		} {
 			if err := rm.RecordUsage(ctx, used); err != nil {
 				t.Fatalf("RecordUsage: %v", err)
@@ -331,7 +334,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		checkLastUsed(t, rm, user, k2, &u2later)
 		checkLastUsed(t, rm, user, k3, nil)
 		// Other users' tokens are untouched.
-		checkLastUsed(t, rm, aliceID, tokA1, nil)
+		checkLastUsed(t, rm, projectiontest.AliceID, projectiontest.TokA1, nil)
 	})
 
 	t.Run("Position follows applyBatch", func(t *testing.T) {
@@ -348,7 +351,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		if err := CreateSchema(ctx, db, gen); err != nil {
 			t.Fatal(err)
 		}
-		history := envelopes(1, w.history...)
+		history := projectiontest.Envelopes(1, w.history...)
 		steps := [][]events.Envelope{nil, history[:3], history[:5], history[3:10], history[10:], history[:2]}
 		var want uint64
 		for i, batch := range steps {
@@ -372,7 +375,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		k, other := ids[0], ids[1]
 		tr := NewUsageTracker(ctx, rm, time.Hour, quietLogger()) // flushes only when told
 		defer tr.Close()
-		at := t0.Add(30 * time.Minute)
+		at := projectiontest.T0.Add(30 * time.Minute)
 
 		if _, ok := tr.Pending(k); ok {
 			t.Fatalf("Pending before any Touch")
@@ -380,18 +383,18 @@ func readModelContract(t *testing.T, b testBackend) {
 		tr.Touch(k, at)
 		tr.Touch(k, at.Add(-time.Minute)) // older: ignored
 		if got, ok := tr.Pending(k); !ok || !got.Equal(at) {
-			t.Fatalf("Pending = %s, %v; want %s (the later use)", fmtTime(got), ok, fmtTime(at))
+			t.Fatalf("Pending = %s, %v; want %s (the later use)", projectiontest.FmtTime(got), ok, projectiontest.FmtTime(at))
 		}
 		at = at.Add(time.Minute)
 		tr.Touch(k, at)
 		if got, ok := tr.Pending(k); !ok || !got.Equal(at) {
-			t.Fatalf("Pending = %s, %v; want %s (the newer use)", fmtTime(got), ok, fmtTime(at))
+			t.Fatalf("Pending = %s, %v; want %s (the newer use)", projectiontest.FmtTime(got), ok, projectiontest.FmtTime(at))
 		}
 		checkLastUsed(t, rm, user, k, nil) // not written before a flush
 
 		tr.Flush(ctx)
 		if got, ok := tr.Pending(k); ok {
-			t.Errorf("Pending after Flush = %s", fmtTime(got))
+			t.Errorf("Pending after Flush = %s", projectiontest.FmtTime(got))
 		}
 		checkLastUsed(t, rm, user, k, &at)
 		checkLastUsed(t, rm, user, other, nil)
@@ -405,7 +408,7 @@ func readModelContract(t *testing.T, b testBackend) {
 	t.Run("UsageTracker Close flushes", func(t *testing.T) {
 		user, ids := w.userWithTokens(t, 1)
 		tr := NewUsageTracker(ctx, rm, time.Hour, quietLogger())
-		at := t0.Add(40 * time.Minute)
+		at := projectiontest.T0.Add(40 * time.Minute)
 		tr.Touch(ids[0], at)
 		tr.Close()
 		checkLastUsed(t, rm, user, ids[0], &at)
@@ -415,7 +418,7 @@ func readModelContract(t *testing.T, b testBackend) {
 		user, ids := w.userWithTokens(t, 1)
 		tr := NewUsageTracker(ctx, rm, 10*time.Millisecond, quietLogger())
 		defer tr.Close()
-		at := t0.Add(50 * time.Minute)
+		at := projectiontest.T0.Add(50 * time.Minute)
 		tr.Touch(ids[0], at)
 		deadline := time.Now().Add(10 * time.Second)
 		for lastUsed(t, rm, user, ids[0]) == nil {
@@ -435,11 +438,11 @@ func readModelContract(t *testing.T, b testBackend) {
 		_ = broken.Close() // every write through it fails
 		tr := NewUsageTracker(ctx, NewReadModel(broken, CurrentTables), time.Hour, quietLogger())
 		defer tr.Close()
-		id, at := uuid.New(), t0.Add(time.Hour)
+		id, at := uuid.New(), projectiontest.T0.Add(time.Hour)
 		tr.Touch(id, at)
 		tr.Flush(ctx)
 		if got, ok := tr.Pending(id); !ok || !got.Equal(at) {
-			t.Errorf("after a failed Flush, Pending = %s, %v; want %s, true", fmtTime(got), ok, fmtTime(at))
+			t.Errorf("after a failed Flush, Pending = %s, %v; want %s, true", projectiontest.FmtTime(got), ok, projectiontest.FmtTime(at))
 		}
 	})
 }
@@ -447,17 +450,17 @@ func readModelContract(t *testing.T, b testBackend) {
 // TestCredentialExpired: a credential without an expiry never expires; one with an expiry is
 // expired from that instant on.
 func TestCredentialExpired(t *testing.T) {
-	exp := t0
+	exp := projectiontest.T0
 	for _, tc := range []struct {
 		name string
 		c    Credential
 		now  time.Time
 		want bool
 	}{
-		{"no expiry", Credential{}, t0.Add(100 * 365 * 24 * time.Hour), false},
+		{"no expiry", Credential{}, projectiontest.T0.Add(100 * 365 * 24 * time.Hour), false},
 		{"before", Credential{ExpiresAt: &exp}, exp.Add(-time.Nanosecond), false},
 		{"at", Credential{ExpiresAt: &exp}, exp, true},
-		{"at, other zone", Credential{ExpiresAt: &exp}, exp.In(zone), true},
+		{"at, other zone", Credential{ExpiresAt: &exp}, exp.In(projectiontest.Zone), true},
 		{"after", Credential{ExpiresAt: &exp}, exp.Add(time.Second), true},
 	} {
 		if got := tc.c.Expired(tc.now); got != tc.want {

@@ -7,6 +7,7 @@ import (
 	"github.com/google/uuid"
 
 	"github.com/identityd/identityd/events"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // TestVerifyHashChains: events written before tamper evidence (no chain hash) are accepted,
@@ -15,7 +16,7 @@ import (
 func TestVerifyHashChains(t *testing.T) {
 	ctx := context.Background()
 	alice := uuid.New()
-	batch := envelopes(1, registered(alice, "Alice"), events.Renamed(alice, "Alice", "A"), events.Renamed(alice, "A", "B"), events.Renamed(alice, "B", "C"))
+	batch := projectiontest.Envelopes(1, projectiontest.Registered(alice, "Alice"), events.Renamed(alice, "Alice", "A"), events.Renamed(alice, "A", "B"), events.Renamed(alice, "B", "C"))
 	chain := ""
 	for i := range batch {
 		if i == 0 {

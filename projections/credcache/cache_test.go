@@ -2,11 +2,7 @@ package credcache
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
-	"fmt"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -19,6 +15,7 @@ import (
 	"github.com/identityd/identityd/events/eventstore"
 	"github.com/identityd/identityd/projections"
 	"github.com/identityd/identityd/projections/dbtest"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // cacheProjection is the projector as the cache sees it: events arrive (the observers hear of
@@ -46,7 +43,7 @@ func (p *cacheProjection) arrive(evs ...events.Event) []events.Envelope {
 	first := max(p.pos, p.arrived) + 1
 	p.arrived = first + uint64(len(evs)) - 1
 	p.mu.Unlock()
-	batch := envelopes(first, evs...)
+	batch := projectiontest.Envelopes(first, evs...)
 	for _, e := range batch {
 		for _, f := range p.fns {
 			f(eventstore.Arrival{Seq: e.Sequence, Subject: e.NATSSubj})
@@ -105,8 +102,8 @@ func newCacheWorld(t *testing.T, b dbtest.Backend, lease time.Duration) *cacheWo
 	for w.cache.dbOK.Load() == 0 { // the first health check
 		time.Sleep(time.Millisecond)
 	}
-	w.tok = tokenCreated(w.user, uuid.New(), t0, nil)
-	w.head.Store(w.proj.deliver(registered(w.user, "Ada"), w.tok))
+	w.tok = projectiontest.TokenCreated(w.user, uuid.New(), projectiontest.T0, nil)
+	w.head.Store(w.proj.deliver(projectiontest.Registered(w.user, "Ada"), w.tok))
 	return w
 }
 
@@ -288,7 +285,7 @@ func TestCredentialCache(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond) // the first lease ran out
 				// Another user's event arrived; the projector has not applied it yet.
-				batch := w.proj.arrive(registered(uuid.New(), "Other"))
+				batch := w.proj.arrive(projectiontest.Registered(uuid.New(), "Other"))
 				w.head.Store(batch[0].Sequence)
 				if _, err := w.lookup(t); err != nil {
 					t.Fatal(err)
@@ -327,7 +324,7 @@ func TestCredentialCache(t *testing.T) {
 					w.cache.mu.Lock()
 					w.cache.pruneAt = time.Time{}
 					w.cache.mu.Unlock()
-					w.proj.arrive(registered(uuid.New(), "Other")) // an arrival runs the pruning
+					w.proj.arrive(projectiontest.Registered(uuid.New(), "Other")) // an arrival runs the pruning
 				}
 				// Pruning runs while the rename is not in the read model yet.
 				prune()
@@ -363,8 +360,8 @@ func TestCredentialCache(t *testing.T) {
 				if _, err := w.lookup(t); err != nil {
 					t.Fatal(err)
 				}
-				tok := tokenCreated(w.user, uuid.New(), t0, nil)
-				w.head.Store(w.proj.deliver(tok, sessionStarted(w.user, uuid.New(), t0)))
+				tok := projectiontest.TokenCreated(w.user, uuid.New(), projectiontest.T0, nil)
+				w.head.Store(w.proj.deliver(tok, projectiontest.SessionStarted(w.user, uuid.New(), projectiontest.T0)))
 				if _, err := w.lookup(t); err != nil {
 					t.Fatal(err)
 				}
@@ -403,7 +400,7 @@ func TestCredentialCache(t *testing.T) {
 			t.Run("bounded", func(t *testing.T) {
 				w := newCacheWorld(t, b, time.Minute)
 				for range 5 {
-					tok := tokenCreated(w.user, uuid.New(), t0, nil)
+					tok := projectiontest.TokenCreated(w.user, uuid.New(), projectiontest.T0, nil)
 					w.head.Store(w.proj.deliver(tok))
 					if _, err := w.cache.APITokenByDigest(context.Background(), tok.Digest); err != nil {
 						t.Fatal(err)
@@ -534,56 +531,4 @@ func newSchemaDB(t testing.TB, b dbtest.Backend) *bun.DB {
 		t.Fatal(err)
 	}
 	return db
-}
-
-// Times are whole microseconds (PostgreSQL keeps no more) and event times are given in a zone
-// other than UTC, so the read model stores instants, not wall clocks.
-var (
-	t0   = time.Date(2025, 3, 4, 5, 6, 7, 123456000, time.UTC)
-	zone = time.FixedZone("UTC+5:30", 5*3600+30*60)
-)
-
-// envelopes numbers events from stream sequence first on, as the feed delivers them.
-func envelopes(first uint64, evs ...events.Event) []events.Envelope {
-	out := make([]events.Envelope, len(evs))
-	for i, ev := range evs {
-		seq := first + uint64(i)
-		out[i] = events.Envelope{
-			ID:       fmt.Sprintf("event-%d", seq),
-			Type:     ev.EventType(),
-			Subject:  ev.Aggregate().String(),
-			Time:     t0.Add(time.Duration(seq) * time.Second).In(zone),
-			Metadata: events.Metadata{Actor: "system"},
-			Data:     ev,
-			Sequence: seq,
-			NATSSubj: events.Subject(ev),
-		}
-	}
-	return out
-}
-
-func digestOf(secret string) string {
-	sum := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(sum[:])
-}
-
-func registered(id uuid.UUID, name string) events.UserRegistered {
-	return events.UserRegistered{
-		Versioned: events.V(), UserID: id, Email: strings.ToLower(name) + "@example.com",
-		Name: name, PersonalOrgSlug: strings.ToLower(name), RegisteredAt: t0.Add(-time.Duration(id[0]) * time.Minute).In(zone),
-	}
-}
-
-func tokenCreated(user, id uuid.UUID, created time.Time, expires *time.Time) events.TokenCreated {
-	return events.TokenCreated{
-		Versioned: events.V(), UserID: user, TokenID: id, Description: "token " + id.String()[34:],
-		Digest: digestOf("token-secret-" + id.String()), CreatedAt: created.In(zone), ExpiresAt: expires,
-	}
-}
-
-func sessionStarted(user, id uuid.UUID, started time.Time) events.SessionStarted {
-	return events.SessionStarted{
-		Versioned: events.V(), UserID: user, SessionID: id, Digest: digestOf("session-secret-" + id.String()),
-		StartedAt: started.In(zone), ExpiresAt: started.Add(24 * time.Hour).In(zone),
-	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/identityd/identityd/events"
 	. "github.com/identityd/identityd/projections" //nolint:revive // the registered read models, under the names the fixtures use
 	"github.com/identityd/identityd/projections/engine"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // The bulk load's pipeline (read-ahead, fold, audit writer) on a history small enough for unit
@@ -29,11 +30,11 @@ func pipelineHistory(n int) []events.Envelope {
 		tok, tok2, ses := uuid.New(), uuid.New(), uuid.New()
 		evs = append(evs,
 			events.EmailClaimed{Versioned: events.V(), EmailHash: strings.Repeat(fmt.Sprintf("%02x", i%256), 32), UserID: id},
-			registered(id, fmt.Sprintf("User%d", i)),
+			projectiontest.Registered(id, fmt.Sprintf("User%d", i)),
 			events.PasswordSet{Versioned: events.V(), UserID: id, PasswordHash: "$argon2id$v=19$m=64,t=1,p=1$c2FsdA$aGFzaA"},
-			tokenCreated(id, tok, t0, nil),
-			tokenCreated(id, tok2, t0, ptr(t0.Add(time.Hour))),
-			sessionStarted(id, ses, t0),
+			projectiontest.TokenCreated(id, tok, projectiontest.T0, nil),
+			projectiontest.TokenCreated(id, tok2, projectiontest.T0, projectiontest.Ptr(projectiontest.T0.Add(time.Hour))),
+			projectiontest.SessionStarted(id, ses, projectiontest.T0),
 			events.TokenRevoked{Versioned: events.V(), UserID: id, TokenID: tok},
 			events.Renamed(id, fmt.Sprintf("User%d", i), fmt.Sprintf("Renamed\t%d\\", i)),
 			events.SessionEnded{Versioned: events.V(), UserID: id, SessionID: ses},
@@ -42,7 +43,7 @@ func pipelineHistory(n int) []events.Envelope {
 			evs = append(evs, events.UserDeleted{Versioned: events.V(), UserID: id})
 		}
 	}
-	out := envelopes(1, evs...)
+	out := projectiontest.Envelopes(1, evs...)
 	for i := range out {
 		out[i].Metadata = events.Metadata{Actor: fmt.Sprintf("user:%d", i%7), RequestID: fmt.Sprint("req\n", i), UserAgent: "ua\t1"}
 	}
@@ -118,14 +119,14 @@ func smallChunks(t *testing.T) {
 func dumpGeneration(t *testing.T, db *bun.DB, g Tables) string {
 	t.Helper()
 	var b strings.Builder
-	for _, u := range readUsers(t, db, g) {
-		fmt.Fprintln(&b, fmtUser(u))
+	for _, u := range projectiontest.ReadUsers(t, db, g) {
+		fmt.Fprintln(&b, projectiontest.FmtUser(u))
 	}
-	for _, r := range readTokens(t, db, g) {
-		fmt.Fprintln(&b, fmtToken(r))
+	for _, r := range projectiontest.ReadTokens(t, db, g) {
+		fmt.Fprintln(&b, projectiontest.FmtToken(r))
 	}
-	for _, r := range readSessions(t, db, g) {
-		fmt.Fprintln(&b, fmtSession(r))
+	for _, r := range projectiontest.ReadSessions(t, db, g) {
+		fmt.Fprintln(&b, projectiontest.FmtSession(r))
 	}
 	audit, err := NewReadModel(db, g).AuditEvents(context.Background(), AuditFilter{Limit: 1 << 20})
 	if err != nil {
@@ -137,9 +138,9 @@ func dumpGeneration(t *testing.T, db *bun.DB, g Tables) string {
 			uid = r.UserID.String()
 		}
 		fmt.Fprintf(&b, "audit %d %s %s %s %s %q %q %q %q %s %d %s\n", r.Sequence, r.EventID, r.Type, r.Aggregate, uid,
-			r.Actor, r.RequestID, r.SourceIP, r.UserAgent, fmtTime(r.OccurredAt), r.SchemaVersion, r.Data)
+			r.Actor, r.RequestID, r.SourceIP, r.UserAgent, projectiontest.FmtTime(r.OccurredAt), r.SchemaVersion, r.Data)
 	}
-	fmt.Fprintf(&b, "checkpoint %d\n", checkpointOf(t, db, g))
+	fmt.Fprintf(&b, "checkpoint %d\n", projectiontest.CheckpointOf(t, db, g))
 	return b.String()
 }
 
@@ -305,7 +306,7 @@ func TestBulkWriteFailureIsTheError(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tableOf(next, "audit_events")) || errors.Is(err, context.Canceled) {
 				t.Fatalf("bulk load into a missing audit table: %v", err)
 			}
-			if pos := checkpointOf(t, db, next); pos != 0 {
+			if pos := projectiontest.CheckpointOf(t, db, next); pos != 0 {
 				t.Fatalf("checkpoint moved to %d", pos)
 			}
 		})
@@ -333,7 +334,7 @@ func TestBulkFinishIsAtomic(t *testing.T) {
 			if _, _, err := engine.BulkLoad(ctx, db, All(), next, RebuildConfig{Read: s.Read, Batch: 4}, evs[len(evs)-1].Sequence); err == nil {
 				t.Fatal("bulk load without a checkpoint table succeeded")
 			}
-			if u, tk, ss := readUsers(t, db, next), readTokens(t, db, next), readSessions(t, db, next); len(u)+len(tk)+len(ss) > 0 {
+			if u, tk, ss := projectiontest.ReadUsers(t, db, next), projectiontest.ReadTokens(t, db, next), projectiontest.ReadSessions(t, db, next); len(u)+len(tk)+len(ss) > 0 {
 				t.Fatalf("%d users, %d tokens, %d sessions written without their checkpoint", len(u), len(tk), len(ss))
 			}
 		})

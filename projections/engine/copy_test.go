@@ -18,6 +18,7 @@ import (
 
 	. "github.com/identityd/identityd/projections" //nolint:revive // the registered read models' rows
 	"github.com/identityd/identityd/projections/engine"
+	"github.com/identityd/identityd/projections/projectiontest"
 )
 
 // awkwardStrings are the values COPY's text format must escape, or could be tempted to read as
@@ -37,7 +38,7 @@ func TestCopyEncodesLikeInsert(t *testing.T) {
 	viaInsert, viaCopy := Tables{Suffix: "ins"}, Tables{Suffix: "cpy"}
 	db, _ := newSchemaDB(t, testBackends[0], viaInsert, viaCopy)
 
-	ns := time.Date(2025, 3, 4, 5, 6, 7, 123456789, zone) // beyond PostgreSQL's microseconds
+	ns := time.Date(2025, 3, 4, 5, 6, 7, 123456789, projectiontest.Zone) // beyond PostgreSQL's microseconds
 	times := []time.Time{ns, ns.UTC(), {}, time.Date(1969, 12, 31, 23, 59, 59, 999999999, time.UTC),
 		time.Date(9999, 12, 31, 10, 59, 59, 999999000, time.FixedZone("", -11*3600)), time.Unix(0, 0)}
 	var audit []AuditRow
@@ -159,9 +160,9 @@ func TestCopyEncodesTypesLikeInsert(t *testing.T) {
 	rows := []copyTypes{
 		{ID: 1},
 		{ID: 2, Bytes: []byte{}, Bool: true, I8: math.MinInt8, I16: math.MinInt16, I32: math.MinInt32, U8: math.MaxUint8,
-			U16: math.MaxInt16, U32: math.MaxInt32, U: 1 << 62, Str: ptr(""), Time: &now, UUID: &id},
+			U16: math.MaxInt16, U32: math.MaxInt32, U: 1 << 62, Str: projectiontest.Ptr(""), Time: &now, UUID: &id},
 		{ID: 3, Bytes: []byte("\x00\\\t\n\r\xff binary"), I8: math.MaxInt8, I16: math.MaxInt16, I32: math.MaxInt32,
-			Str: ptr(`\N`), Time: &time.Time{}, UUID: &uuid.Nil},
+			Str: projectiontest.Ptr(`\N`), Time: &time.Time{}, UUID: &uuid.Nil},
 	}
 	if err := engine.InsertAll(ctx, db, "copy_types_ins", rows); err != nil {
 		t.Fatal(err)
@@ -341,7 +342,7 @@ func TestAppendCopyText(t *testing.T) {
 			t.Errorf("engine.AppendCopyText(%q) = %q, %v; want %q", in, got, err, "x"+want)
 		}
 	}
-	if got := string(engine.AppendUUID(nil, aliceID)); got != aliceID.String() {
+	if got := string(engine.AppendUUID(nil, projectiontest.AliceID)); got != projectiontest.AliceID.String() {
 		t.Errorf("appendUUID = %s", got)
 	}
 }
