@@ -284,7 +284,7 @@ func (r *runner[T]) load(ctx context.Context, id uuid.UUID, fresh bool) (T, erro
 func lastStored(agg events.Aggregate, seq uint64, stored []events.Change) (uint64, string, bool) {
 	for i := len(stored) - 1; i >= 0; i-- {
 		if stored[i].Event.Aggregate() == agg {
-			return seq - uint64(len(stored)-1-i), stored[i].Chain, true
+			return seq - uint64(len(stored)-1-i), stored[i].Chain, true //nolint:gosec // i < len(stored): never negative
 		}
 	}
 	return 0, "", false

@@ -173,7 +173,11 @@ func NewSigningKey(seed []byte) (SigningKey, error) {
 		return SigningKey{}, fmt.Errorf("event signing: the seed must be %d bytes", ed25519.SeedSize)
 	}
 	priv := ed25519.NewKeyFromSeed(seed)
-	return SigningKey{priv: priv, pub: PublicKey{key: priv.Public().(ed25519.PublicKey)}}, nil
+	pub, ok := priv.Public().(ed25519.PublicKey)
+	if !ok {
+		return SigningKey{}, errors.New("event signing: not an Ed25519 key")
+	}
+	return SigningKey{priv: priv, pub: PublicKey{key: pub}}, nil
 }
 
 // PublicKey is the key readers verify with.

@@ -54,7 +54,7 @@ func TestSignatureRefusesForgeries(t *testing.T) {
 	}{
 		"payload changed": {msg: func() *nats.Msg {
 			m := copyMsg(good)
-			m.Data = bytes.Replace(m.Data, []byte(`"B"`), []byte(`"M"`), -1)
+			m.Data = bytes.ReplaceAll(m.Data, []byte(`"B"`), []byte(`"M"`))
 			return m
 		}(), want: ErrBadSignature},
 		"actor changed": {msg: func() *nats.Msg { m := copyMsg(good); m.Header.Set(HeaderActor, "user:x"); return m }(), want: ErrBadSignature},
@@ -195,7 +195,7 @@ func TestMACFastPath(t *testing.T) {
 	}
 	// ... and altered content fails both.
 	altered := copyMsg(m)
-	altered.Data = bytes.Replace(altered.Data, []byte(`"B"`), []byte(`"M"`), -1)
+	altered.Data = bytes.ReplaceAll(altered.Data, []byte(`"B"`), []byte(`"M"`))
 	if _, err := withMAC.Decode(altered.Subject, altered.Header, altered.Data, 1); !errors.Is(err, ErrBadSignature) {
 		t.Fatalf("altered: %v", err)
 	}

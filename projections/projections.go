@@ -42,7 +42,8 @@ type (
 	DBConfig = sqldb.DBConfig
 )
 
-// The read models' rows and answers.
+// UserRow, TokenRow, SessionRow, Credential and the others are the read models' rows and
+// answers, under the names the service and tools use.
 type (
 	UserRow      = users.UserRow
 	TokenRow     = users.TokenRow
@@ -50,8 +51,8 @@ type (
 	Credential   = users.Credential
 	Token        = users.Token
 	UsageTracker = users.UsageTracker
-	AuditRow     = audit.AuditRow
-	AuditFilter  = audit.AuditFilter
+	AuditRow     = audit.Row
+	AuditFilter  = audit.Filter
 )
 
 // ErrNotFound is returned by ReadModel lookups that match nothing.

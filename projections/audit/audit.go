@@ -33,7 +33,7 @@ func (Projection) Name() string { return "audit" }
 
 // Tables implements engine.Projection.
 func (Projection) Tables() []engine.Table {
-	return []engine.Table{{Name: auditTable, Model: (*AuditRow)(nil), Indexes: []engine.Index{
+	return []engine.Table{{Name: auditTable, Model: (*Row)(nil), Indexes: []engine.Index{
 		{Name: "user", Columns: "(user_id, seq)"},
 		{Name: "type", Columns: "(type, seq)"},
 		{Name: "actor", Columns: "(actor, seq)"},
@@ -48,7 +48,7 @@ func (Projection) NewFold(g engine.Tables) engine.Fold { return &fold{table: g.N
 // Applied implements engine.ReplayGuard: the ids among ids that the audit log holds.
 func (Projection) Applied(ctx context.Context, db bun.IDB, g engine.Tables, ids []string) ([]string, error) {
 	var applied []string
-	err := db.NewSelect().Model((*AuditRow)(nil)).ModelTableExpr(g.Name(auditTable)+" AS a").Column("event_id").
+	err := db.NewSelect().Model((*Row)(nil)).ModelTableExpr(g.Name(auditTable)+" AS a").Column("event_id").
 		Where("event_id IN (?)", bun.List(ids)).Scan(ctx, &applied)
 	return applied, err
 }
@@ -57,7 +57,7 @@ func (Projection) Applied(ctx context.Context, db bun.IDB, g engine.Tables, ids 
 // rebuild streams them out as they come (Stream).
 type fold struct {
 	table string
-	rows  []AuditRow
+	rows  []Row
 }
 
 // Load reads nothing: audit rows are only ever added.
@@ -136,9 +136,9 @@ func Count(ctx context.Context, db bun.IDB, g engine.Tables) (int, uint64, error
 	return n, uint64(max(maxSeq.Int64, 0)), nil
 }
 
-// AuditRow is one event in the audit log: who did what, when, from where. Secret fields of the
+// Row is one event in the audit log: who did what, when, from where. Secret fields of the
 // payload (password hashes, token digests) are redacted.
-type AuditRow struct {
+type Row struct {
 	bun.BaseModel `bun:"table:audit_events_v1,alias:a"`
 
 	Sequence      uint64     `bun:"seq,pk"`
@@ -164,8 +164,8 @@ type ReadModel struct {
 // NewReadModel reads the given generation of tables.
 func NewReadModel(db *bun.DB, t engine.Tables) *ReadModel { return &ReadModel{db: db, t: t} }
 
-// AuditFilter selects audit-log rows; zero fields do not filter.
-type AuditFilter struct {
+// Filter selects audit-log rows; zero fields do not filter.
+type Filter struct {
 	UserID *uuid.UUID
 	Type   string
 	// ActorPrefix matches actors that start with it, e.g. "user:<id>" for everything a user did
@@ -179,8 +179,8 @@ type AuditFilter struct {
 }
 
 // AuditEvents lists audit-log rows newest first.
-func (r *ReadModel) AuditEvents(ctx context.Context, f AuditFilter) ([]AuditRow, error) {
-	var rows []AuditRow
+func (r *ReadModel) AuditEvents(ctx context.Context, f Filter) ([]Row, error) {
+	var rows []Row
 	q := r.db.NewSelect().Model(&rows).ModelTableExpr(r.t.Name(auditTable) + " AS a").OrderExpr("a.seq DESC").Limit(int64(f.Limit))
 	if f.UserID != nil {
 		q = q.Where("a.user_id = ?", *f.UserID)
@@ -211,12 +211,12 @@ func likeEscape(s string) string {
 }
 
 // auditRow turns an event into its audit-log row.
-func auditRow(e events.Envelope) (AuditRow, error) {
+func auditRow(e events.Envelope) (Row, error) {
 	data, err := events.Redacted(e.Data)
 	if err != nil {
-		return AuditRow{}, fmt.Errorf("audit %s (seq %d): %w", e.Type, e.Sequence, err)
+		return Row{}, fmt.Errorf("audit %s (seq %d): %w", e.Type, e.Sequence, err)
 	}
-	row := AuditRow{
+	row := Row{
 		Sequence: e.Sequence, EventID: e.ID, Type: string(e.Type), Aggregate: e.Subject,
 		Actor: e.Metadata.Actor, RequestID: e.Metadata.RequestID, SourceIP: e.Metadata.SourceIP,
 		UserAgent: e.Metadata.UserAgent, OccurredAt: e.Time.UTC(), SchemaVersion: e.WrittenVersion, Data: string(data),

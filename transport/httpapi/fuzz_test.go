@@ -415,7 +415,7 @@ func TestJSONBodiesNeedTheJSONContentType(t *testing.T) {
 			t.Errorf("Content-Type %q: refused: %v", ct, err)
 		}
 	}
-	// Two Content-Type headers: which one a proxy honours is anyone's guess.
+	// Two Content-Type headers: which one a proxy honors is anyone's guess.
 	c := testContext([]byte(body), "")
 	c.Request.Header["Content-Type"] = []string{"application/json", "text/plain"}
 	if err := decodeJSON(c, new(updateUserRequest), false); err == nil {
