@@ -42,17 +42,24 @@ type (
 	DBConfig = sqldb.DBConfig
 )
 
-// UserRow, TokenRow, SessionRow, Credential and the others are the read models' rows and
-// answers, under the names the service and tools use.
+// The read models' rows and answers, under the names the service and tools use.
 type (
-	UserRow      = users.UserRow
-	TokenRow     = users.TokenRow
-	SessionRow   = users.SessionRow
-	Credential   = users.Credential
-	Token        = users.Token
+	// UserRow is a users row.
+	UserRow = users.UserRow
+	// TokenRow is an API-token row.
+	TokenRow = users.TokenRow
+	// SessionRow is a session row.
+	SessionRow = users.SessionRow
+	// Credential is a token or session found by its digest, with its user.
+	Credential = users.Credential
+	// Token is an API token as the token list shows it.
+	Token = users.Token
+	// UsageTracker records when tokens were last used.
 	UsageTracker = users.UsageTracker
-	AuditRow     = audit.Row
-	AuditFilter  = audit.Filter
+	// AuditRow is one event in the audit log.
+	AuditRow = audit.Row
+	// AuditFilter selects audit-log rows.
+	AuditFilter = audit.Filter
 )
 
 // ErrNotFound is returned by ReadModel lookups that match nothing.

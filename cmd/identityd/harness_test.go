@@ -71,19 +71,8 @@ func keyringFor(t testing.TB, secret []byte) *events.Keyring { return wiringtest
 // read-only.
 func (e *env) store() *eventstore.Store { return e.Store() }
 
-// identitydStore opens the event store read-only with identityd's key.
-func (e *env) identitydStore() *eventstore.Store { return e.IdentitydStore() }
-
 // creds is identityd's seed file, "" without authentication.
 func (e *env) creds() string { return e.Creds() }
-
-// testKeys creates the NATS users of a test's server.
-func testKeys(t testing.TB) embedded.Keys { return wiringtest.NewKeys(t) }
-
-// openStore opens the event store at url as an auditor would (wiringtest.OpenStore).
-func openStore(t testing.TB, url string, keys embedded.Keys, replicas int, secret []byte) *eventstore.Store {
-	return wiringtest.OpenStore(t, url, keys, replicas, secret)
-}
 
 // response is an HTTP answer that has already been checked against the OpenAPI document.
 type response struct {

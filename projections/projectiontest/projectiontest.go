@@ -31,7 +31,7 @@ var (
 )
 
 // EvTime is the envelope time of the event at stream sequence seq.
-func EvTime(seq uint64) time.Time { return T0.Add(time.Duration(seq) * time.Second) }
+func EvTime(seq uint64) time.Time { return T0.Add(time.Duration(seq) * time.Second) } //nolint:gosec // small test sequences
 
 // Envelopes numbers events from stream sequence first on, as the subscriber delivers them.
 func Envelopes(first uint64, evs ...events.Event) []events.Envelope {
@@ -138,7 +138,7 @@ func SessionRow(ev events.SessionStarted) users.SessionRow {
 
 // --- Reading rows back ----------------------------------------------------------------------
 
-// ReadUsers, ReadTokens and ReadSessions read generation g's rows in id order.
+// ReadUsers reads generation g's users in id order.
 func ReadUsers(t testing.TB, db *bun.DB, g engine.Tables) []users.UserRow {
 	t.Helper()
 	var rows []users.UserRow
@@ -148,6 +148,7 @@ func ReadUsers(t testing.TB, db *bun.DB, g engine.Tables) []users.UserRow {
 	return rows
 }
 
+// ReadTokens reads generation g's API tokens in id order.
 func ReadTokens(t testing.TB, db *bun.DB, g engine.Tables) []users.TokenRow {
 	t.Helper()
 	var rows []users.TokenRow
@@ -157,6 +158,7 @@ func ReadTokens(t testing.TB, db *bun.DB, g engine.Tables) []users.TokenRow {
 	return rows
 }
 
+// ReadSessions reads generation g's sessions in id order.
 func ReadSessions(t testing.TB, db *bun.DB, g engine.Tables) []users.SessionRow {
 	t.Helper()
 	var rows []users.SessionRow
@@ -177,10 +179,11 @@ func CheckpointOf(t testing.TB, db *bun.DB, g engine.Tables) uint64 {
 	return pos
 }
 
-// FmtTime, FmtUser, ... print rows for failure messages; SameTime, SameUser, ... compare them
-// by instant, not by wall clock and zone.
+// FmtTime prints an instant for failure messages (the Fmt* helpers print rows; the Same*
+// helpers compare them by instant, not by wall clock and zone).
 func FmtTime(tm time.Time) string { return tm.UTC().Format(time.RFC3339Nano) }
 
+// FmtTimePtr prints an optional instant.
 func FmtTimePtr(tm *time.Time) string {
 	if tm == nil {
 		return "<nil>"
@@ -188,8 +191,10 @@ func FmtTimePtr(tm *time.Time) string {
 	return FmtTime(*tm)
 }
 
+// SameTime compares two instants.
 func SameTime(a, b time.Time) bool { return a.UTC().Equal(b.UTC()) }
 
+// SameTimePtr compares two optional instants.
 func SameTimePtr(a, b *time.Time) bool {
 	if a == nil || b == nil {
 		return a == nil && b == nil
@@ -197,32 +202,38 @@ func SameTimePtr(a, b *time.Time) bool {
 	return SameTime(*a, *b)
 }
 
+// FmtUser prints a users row.
 func FmtUser(u users.UserRow) string {
 	return fmt.Sprintf("{id=%s email=%q name=%q slug=%q created=%s updated=%s version=%d admin=%v}",
 		u.ID, u.Email, u.Name, u.PersonalOrgSlug, FmtTime(u.CreatedAt), FmtTime(u.UpdatedAt), u.Version, u.Admin)
 }
 
+// SameUser compares two users rows.
 func SameUser(a, b users.UserRow) bool {
 	return a.ID == b.ID && a.Email == b.Email && a.Name == b.Name && a.PersonalOrgSlug == b.PersonalOrgSlug &&
 		SameTime(a.CreatedAt, b.CreatedAt) && SameTime(a.UpdatedAt, b.UpdatedAt) && a.Version == b.Version &&
 		a.Admin == b.Admin
 }
 
+// FmtToken prints an API-token row.
 func FmtToken(r users.TokenRow) string {
 	return fmt.Sprintf("{id=%s user=%s desc=%q digest=%s created=%s expires=%s}",
 		r.ID, r.UserID, r.Description, r.Digest, FmtTime(r.CreatedAt), FmtTimePtr(r.ExpiresAt))
 }
 
+// SameToken compares two API-token rows.
 func SameToken(a, b users.TokenRow) bool {
 	return a.ID == b.ID && a.UserID == b.UserID && a.Description == b.Description && a.Digest == b.Digest &&
 		SameTime(a.CreatedAt, b.CreatedAt) && SameTimePtr(a.ExpiresAt, b.ExpiresAt)
 }
 
+// FmtSession prints a session row.
 func FmtSession(r users.SessionRow) string {
 	return fmt.Sprintf("{id=%s user=%s digest=%s created=%s expires=%s}",
 		r.ID, r.UserID, r.Digest, FmtTime(r.CreatedAt), FmtTime(r.ExpiresAt))
 }
 
+// SameSession compares two session rows.
 func SameSession(a, b users.SessionRow) bool {
 	return a.ID == b.ID && a.UserID == b.UserID && a.Digest == b.Digest &&
 		SameTime(a.CreatedAt, b.CreatedAt) && SameTime(a.ExpiresAt, b.ExpiresAt)
