@@ -312,6 +312,13 @@ func (s *Store) Append(ctx context.Context, meta events.Metadata, expect []event
 		if err != nil {
 			return 0, classify(err)
 		}
+		if ack.Duplicate {
+			// The message was stored by an earlier attempt. A clustered stream checks the
+			// duplicate before the expectation, so this says nothing about whether the caller's
+			// view of the aggregate is current: let it decide again on fresh state.
+			return 0, fmt.Errorf("%w: event %s was stored before (a retried append)", events.ErrVersionConflict,
+				msgs[0].Header.Get(jetstream.MsgIDHeader))
+		}
 		return ack.Sequence, nil
 	}
 	return s.publishBatch(ctx, msgs)

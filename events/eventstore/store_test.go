@@ -173,3 +173,26 @@ func TestLastSequence(t *testing.T) {
 		t.Fatalf("head %d, %v; want %d", h, err, last)
 	}
 }
+
+// TestRetriedAppendIsAConflict: an append whose event the stream already holds (an earlier
+// attempt's ack was lost) is a conflict, not a success, whatever its expectation says: a
+// clustered stream checks the duplicate before the expectation, so its success would tell the
+// caller nothing about whether the aggregate it decided on is current.
+func TestRetriedAppendIsAConflict(t *testing.T) {
+	st := openStore(t)
+	ctx := context.Background()
+	id := uuid.New()
+	agg := events.UserAggregate(id)
+	first := change(events.UserRegistered{Versioned: events.V(), UserID: id, Email: "r@b.co", Name: "R"})
+	seq, err := st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg}}, []events.Change{first})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = st.Append(ctx, events.Metadata{}, []events.Expectation{{Aggregate: agg, Version: seq}}, []events.Change{first})
+	if !errors.Is(err, events.ErrVersionConflict) {
+		t.Fatalf("retried append: %v, want a conflict", err)
+	}
+	if hist, err := st.Load(ctx, agg, 0); err != nil || len(hist) != 1 {
+		t.Fatalf("history after the retry: %d events, %v", len(hist), err)
+	}
+}
